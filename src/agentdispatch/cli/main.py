@@ -1,0 +1,21 @@
+"""The `agentdispatch` command."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .server_cmd import server_command
+
+
+@click.group()
+@click.version_option(__version__, prog_name="agentdispatch")
+def cli() -> None:
+    """agentdispatch: LiveKit-compatible agent dispatch server and worker runtime."""
+
+
+cli.add_command(server_command)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,104 @@
+"""`agentdispatch server`: argument parsing only; builds ServerConfig and runs the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from ..protocol import ConfigError
+from ..server import DEV_KEYS, DispatchServer, ServerConfig
+from .logs import setup_logging
+
+
+def load_keys_file(path: Path) -> dict[str, str]:
+    """A keys file holds `key: secret` lines (LiveKit's format); '#' starts a comment."""
+    keys: dict[str, str] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, sep, secret = line.partition(":")
+        if not sep or not key.strip() or not secret.strip():
+            raise click.BadParameter(f"{path}:{lineno}: expected 'key: secret'", param_hint="--keys-file")
+        keys[key.strip()] = secret.strip()
+    if not keys:
+        raise click.BadParameter(f"{path} holds no keys", param_hint="--keys-file")
+    return keys
+
+
+def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
+    if keys_file is not None:
+        return load_keys_file(keys_file)
+    key, secret = os.environ.get("LIVEKIT_API_KEY", ""), os.environ.get("LIVEKIT_API_SECRET", "")
+    if key and secret:
+        return {key: secret}
+    if dev:
+        return dict(DEV_KEYS)
+    raise click.UsageError(
+        "no API keys: set LIVEKIT_API_KEY and LIVEKIT_API_SECRET, pass --keys-file, or use --dev"
+    )
+
+
+@click.command("server")
+@click.option("--dev", is_flag=True, help="Development mode: 127.0.0.1:7880, key devkey / secret secret.")
+@click.option("--bind", default=None, help="Address to listen on [dev: 127.0.0.1, else 0.0.0.0].")
+@click.option("--port", type=click.IntRange(0, 65535), default=7880, show_default=True)
+@click.option("--keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--offer-timeout", type=float, default=5.0, show_default=True, help="Seconds per offer.")
+@click.option("--dispatch-deadline", type=float, default=30.0, show_default=True, help="Seconds a job may wait.")
+@click.option("--queue-limit", type=int, default=10_000, show_default=True, help="Jobs allowed to wait.")
+@click.option("--reconnect-grace", type=float, default=10.0, show_default=True)
+@click.option("--public-url", default="", help="URL put in job assignments (default: the worker's own).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def server_command(
+    dev: bool,
+    bind: str | None,
+    port: int,
+    keys_file: Path | None,
+    offer_timeout: float,
+    dispatch_deadline: float,
+    queue_limit: int,
+    reconnect_grace: float,
+    public_url: str,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the dispatch server."""
+    setup_logging(log_level, log_format)
+    try:
+        config = ServerConfig(
+            keys=resolve_keys(dev, keys_file),
+            host=bind or ("127.0.0.1" if dev else "0.0.0.0"),
+            port=port,
+            offer_timeout=offer_timeout,
+            dispatch_deadline=dispatch_deadline,
+            queue_limit=queue_limit,
+            reconnect_grace=reconnect_grace,
+            public_url=public_url,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    asyncio.run(_run(config))
+
+
+async def _run(config: ServerConfig) -> None:
+    server = DispatchServer(config)
+    await server.start()
+    click.echo(f"agentdispatch server listening on {server.url} (node {server.node_id})", err=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        click.echo("shutting down", err=True)
+        await server.aclose()

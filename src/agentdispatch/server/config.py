@@ -1,0 +1,62 @@
+"""Server settings, as one frozen dataclass validated at construction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..protocol import ConfigError
+
+DEV_KEYS: Mapping[str, str] = {"devkey": "secret"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the dispatch server needs to know; see docs/server.md for each field."""
+
+    keys: Mapping[str, str] = field(default_factory=lambda: dict(DEV_KEYS))
+    host: str = "127.0.0.1"
+    port: int = 7880
+    #: seconds a worker has to answer an AvailabilityRequest before the next worker is tried
+    offer_timeout: float = 5.0
+    #: seconds a job may wait for a worker (queued or being offered) before it ends FAILED
+    dispatch_deadline: float = 30.0
+    #: maximum number of jobs waiting for a worker on this node; over it CreateDispatch is refused
+    queue_limit: int = 10_000
+    #: seconds a new connection has to send `register`
+    register_timeout: float = 10.0
+    #: load added to a worker's projection for each job assigned since its last report
+    per_job_load: float = 0.1
+    #: LiveKit's room defaults (seconds)
+    empty_timeout: int = 300
+    departure_timeout: int = 20
+    #: URL put in JobAssignment; empty lets the worker use its own URL
+    public_url: str = ""
+    node_id: str = ""
+    region: str = ""
+    max_frame_bytes: int = 2 * 1024 * 1024
+    #: seconds the server keeps a lost worker's running jobs before re-dispatching them
+    reconnect_grace: float = 10.0
+    #: ping interval assumed for workers that do not announce one (liveness = 3x this)
+    default_ping_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ConfigError("at least one API key/secret pair is required")
+        for key, secret in self.keys.items():
+            if not key or not secret:
+                raise ConfigError("API keys and secrets must be non-empty")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        for name in ("offer_timeout", "dispatch_deadline", "register_timeout", "default_ping_interval"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if self.reconnect_grace < 0:
+            raise ConfigError(f"reconnect_grace must be >= 0, got {self.reconnect_grace!r}")
+        if self.queue_limit < 1:
+            raise ConfigError(f"queue_limit must be >= 1, got {self.queue_limit}")
+        if not 0 < self.per_job_load <= 1:
+            raise ConfigError(f"per_job_load must be in (0, 1], got {self.per_job_load!r}")
+        if self.empty_timeout < 0 or self.departure_timeout < 0:
+            raise ConfigError("room timeouts must be >= 0")

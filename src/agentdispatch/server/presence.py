@@ -1,0 +1,194 @@
+"""Room presence over WebSocket: connecting with a join token is joining, disconnecting is leaving.
+
+Messages are JSON text frames; docs/presence.md lists them. This is how end users "connect to a
+room" without media, how token dispatch and participant/publisher jobs are triggered, and how a
+text agent exchanges data with users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+from google.protobuf import json_format
+from livekit import api
+from livekit.protocol import models
+
+from ..protocol import AuthError, TwirpError, bearer_token, new_id
+from .rooms import DispatchSpec, RoomSpec
+
+if TYPE_CHECKING:
+    from .app import DispatchServer
+
+log = logging.getLogger("agentdispatch.server.presence")
+
+MAX_PRESENCE_FRAME = 256 * 1024
+OUTBOX_LIMIT = 1024
+
+
+def to_dict(msg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return out
+
+
+class Connection:
+    def __init__(self, ws: web.WebSocketResponse, room: str, participant: models.ParticipantInfo) -> None:
+        self.ws = ws
+        self.room = room
+        self.participant = participant
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+
+    def post(self, event: dict[str, Any]) -> None:
+        try:
+            self.outbox.put_nowait(event)
+        except asyncio.QueueFull:
+            log.warning("presence outbox full, dropping connection", extra={"room": self.room})
+            self.close_soon()
+
+    def close_soon(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait(None)
+
+    async def writer(self) -> None:
+        while True:
+            event = await self.outbox.get()
+            if event is None:
+                await self.ws.close()
+                return
+            await self.ws.send_str(json.dumps(event))
+
+
+def participant_from_claims(claims: api.access_token.Claims) -> models.ParticipantInfo:
+    kind = models.ParticipantInfo.Kind.AGENT if claims.kind == "agent" else models.ParticipantInfo.Kind.STANDARD
+    return models.ParticipantInfo(
+        sid=new_id("PA_"),
+        identity=claims.identity,
+        name=claims.name,
+        metadata=claims.metadata,
+        attributes=dict(claims.attributes or {}),
+        kind=kind,
+    )
+
+
+def room_spec_from_claims(room_name: str, claims: api.access_token.Claims) -> RoomSpec:
+    cfg = claims.room_config
+    if cfg is None:
+        return RoomSpec(name=room_name)
+    return RoomSpec(
+        name=room_name,
+        empty_timeout=cfg.empty_timeout,
+        departure_timeout=cfg.departure_timeout,
+        max_participants=cfg.max_participants,
+        metadata=cfg.metadata,
+        agents=tuple(DispatchSpec.from_room_agent(a) for a in cfg.agents),
+    )
+
+
+class PresenceHub:
+    """Tracks presence connections per room and relays events to them (a RoomObserver)."""
+
+    def __init__(self, server: DispatchServer) -> None:
+        self._server = server
+        self._rooms: dict[str, dict[str, Connection]] = {}
+
+    # RoomObserver --------------------------------------------------------------------------------
+    def participant_joined(self, room: str, participant: models.ParticipantInfo) -> None:
+        self._broadcast(room, {"type": "participant_joined", "participant": to_dict(participant)}, participant.identity)
+
+    def participant_left(self, room: str, participant: models.ParticipantInfo) -> None:
+        self._broadcast(room, {"type": "participant_left", "participant": to_dict(participant)}, participant.identity)
+
+    def room_closed(self, room: str, reason: str) -> None:
+        for conn in self._rooms.pop(room, {}).values():
+            conn.post({"type": "room_closed", "reason": reason})
+            conn.close_soon()
+
+    def _broadcast(self, room: str, event: dict[str, Any], skip: str = "") -> None:
+        for identity, conn in self._rooms.get(room, {}).items():
+            if identity != skip:
+                conn.post(event)
+
+    # endpoint ------------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_PRESENCE_FRAME, heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            raise web.HTTPNotFound(text="/presence accepts WebSocket upgrades only")
+        try:
+            claims = self._server.keys.verify(bearer_token(request.headers, request.query))
+        except AuthError as exc:
+            raise web.HTTPUnauthorized(text=str(exc)) from None
+        video = claims.video
+        if video is None or not video.room_join or not video.room:
+            raise web.HTTPUnauthorized(text="token lacks the roomJoin grant for a room")
+        if not claims.identity:
+            raise web.HTTPUnauthorized(text="token has no identity")
+        room_name = video.room
+        participant = participant_from_claims(claims)
+        await ws.prepare(request)
+        try:
+            room = await self._server.rooms.join(room_name, participant, room_spec_from_claims(room_name, claims))
+        except TwirpError as exc:
+            await ws.send_str(json.dumps({"type": "error", "code": exc.code, "msg": exc.msg}))
+            await ws.close()
+            return ws
+        conn = Connection(ws, room_name, participant)
+        members = self._rooms.setdefault(room_name, {})
+        old = members.pop(participant.identity, None)
+        if old is not None:
+            old.post({"type": "error", "code": "already_exists", "msg": "replaced by a new connection"})
+            old.close_soon()
+        members[participant.identity] = conn
+        others = [to_dict(p) for p in await self._server.rooms.participants(room_name) if p.identity != claims.identity]
+        conn.post({"type": "joined", "room": to_dict(room), "participant": to_dict(participant), "participants": others})
+        writer = asyncio.get_running_loop().create_task(conn.writer(), name=f"presence-writer:{participant.sid}")
+        try:
+            await self._read(conn)
+        finally:
+            if self._rooms.get(room_name, {}).get(participant.identity) is conn:
+                del self._rooms[room_name][participant.identity]
+                if not self._rooms[room_name]:
+                    del self._rooms[room_name]
+                await self._server.rooms.leave(room_name, participant.identity)
+            conn.close_soon()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(writer, 5)
+            if not writer.done():
+                writer.cancel()
+        return ws
+
+    async def _read(self, conn: Connection) -> None:
+        async for frame in conn.ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                conn.post({"type": "error", "code": "malformed", "msg": "send JSON text frames"})
+                continue
+            try:
+                event = json.loads(frame.data)
+                kind = event["type"]
+            except (ValueError, KeyError, TypeError):
+                conn.post({"type": "error", "code": "malformed", "msg": "expected a JSON object with 'type'"})
+                continue
+            if kind == "data":
+                self._relay(conn, event)
+            elif kind == "publish":
+                await self._server.rooms.publish(conn.room, conn.participant.identity)
+            elif kind == "leave":
+                return
+            else:
+                conn.post({"type": "error", "code": "malformed", "msg": f"unknown message type {kind!r}"})
+
+    def _relay(self, conn: Connection, event: dict[str, Any]) -> None:
+        payload = event.get("payload", "")
+        topic = event.get("topic", "")
+        targets = event.get("destination_identities") or []
+        if not isinstance(payload, str) or not isinstance(topic, str) or not isinstance(targets, list):
+            conn.post({"type": "error", "code": "malformed", "msg": "data needs string payload/topic"})
+            return
+        out = {"type": "data", "from": conn.participant.identity, "payload": payload, "topic": topic}
+        for identity, other in self._rooms.get(conn.room, {}).items():
+            if identity != conn.participant.identity and (not targets or identity in targets):
+                other.post(out)

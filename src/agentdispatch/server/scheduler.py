@@ -1,0 +1,81 @@
+"""Pure worker selection: no I/O, no clock. Given workers' projected loads, pick one.
+
+A worker's *projected* load is its last reported load plus, for every job offered or assigned
+to it since that report, a per-job estimate. The best candidate has the lowest projection;
+ties are broken randomly. The index keeps a heap with lazy deletion, so picking among
+thousands of workers costs O(log n) instead of a scan.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+
+@dataclass
+class LoadState:
+    """The numbers that make a worker's projection."""
+
+    reported: float = 0.0
+    since_report: int = 0
+    pending_offers: int = 0
+    available: bool = True
+
+    def projected(self, per_job_load: float) -> float:
+        return self.reported + (self.since_report + self.pending_offers) * per_job_load
+
+
+class LoadIndex:
+    """Candidates for one worker key, ordered by projected load."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._heap: list[tuple[float, float, int, str]] = []
+        self._version: dict[str, int] = {}
+        self._counter = 0
+
+    def __len__(self) -> int:
+        return len(self._version)
+
+    def __contains__(self, worker_id: object) -> bool:
+        return worker_id in self._version
+
+    def update(self, worker_id: str, projected: float, eligible: bool) -> None:
+        """Record a worker's new projection; an ineligible worker is kept but never picked."""
+        self._counter += 1
+        self._version[worker_id] = self._counter if eligible else -self._counter
+        if eligible:
+            heapq.heappush(self._heap, (projected, self._rng.random(), self._counter, worker_id))
+        self._compact_if_needed()
+
+    def remove(self, worker_id: str) -> None:
+        self._version.pop(worker_id, None)
+
+    def best(
+        self, exclude: Collection[str] = (), accept: Callable[[str], bool] | None = None
+    ) -> str | None:
+        """The eligible worker with the lowest projection, not in `exclude` and passing `accept`."""
+        heap = self._heap
+        skipped: list[tuple[float, float, int, str]] = []
+        found: str | None = None
+        while heap:
+            entry = heap[0]
+            worker_id = entry[3]
+            if self._version.get(worker_id) != entry[2]:
+                heapq.heappop(heap)  # stale entry
+                continue
+            if worker_id in exclude or (accept is not None and not accept(worker_id)):
+                skipped.append(heapq.heappop(heap))
+                continue
+            found = worker_id
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+    def _compact_if_needed(self) -> None:
+        if len(self._heap) > 64 and len(self._heap) > 4 * max(1, len(self._version)):
+            self._heap = [e for e in self._heap if self._version.get(e[3]) == e[2]]
+            heapq.heapify(self._heap)

@@ -1,0 +1,155 @@
+"""Twirp services: RoomService and AgentDispatchService, JSON or protobuf, LiveKit grants."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from livekit import api
+from livekit.protocol import agent_dispatch, room
+
+from ..protocol import AuthError, TwirpError, bearer_token
+from .rooms import DispatchSpec, RoomSpec
+
+if TYPE_CHECKING:
+    from .app import DispatchServer
+
+log = logging.getLogger("agentdispatch.server.twirp")
+
+MAX_BODY_BYTES = 1024 * 1024
+JSON = "application/json"
+PROTOBUF = "application/protobuf"
+
+Grants = api.VideoGrants
+Handler = Callable[[Any, Grants], Awaitable[Message]]
+
+
+@dataclass(frozen=True)
+class Method:
+    request_type: type[Message]
+    handler: Handler
+
+
+def twirp_error(err: TwirpError) -> web.Response:
+    return web.json_response({"code": err.code, "msg": err.msg}, status=err.status)
+
+
+def require(grants: Grants, *, create: bool = False, list_: bool = False, admin_room: str | None = None) -> None:
+    if create and not grants.room_create:
+        raise TwirpError("permission_denied", "requires the roomCreate grant")
+    if list_ and not grants.room_list:
+        raise TwirpError("permission_denied", "requires the roomList grant")
+    if admin_room is not None:
+        if not grants.room_admin:
+            raise TwirpError("permission_denied", "requires the roomAdmin grant")
+        if grants.room != admin_room:
+            raise TwirpError("permission_denied", f"token grants room {grants.room!r}, not {admin_room!r}")
+
+
+class TwirpServices:
+    def __init__(self, server: DispatchServer) -> None:
+        self._server = server
+        self._methods: dict[str, Method] = {
+            "livekit.RoomService/CreateRoom": Method(room.CreateRoomRequest, self.create_room),
+            "livekit.RoomService/ListRooms": Method(room.ListRoomsRequest, self.list_rooms),
+            "livekit.RoomService/DeleteRoom": Method(room.DeleteRoomRequest, self.delete_room),
+            "livekit.AgentDispatchService/CreateDispatch": Method(
+                agent_dispatch.CreateAgentDispatchRequest, self.create_dispatch
+            ),
+            "livekit.AgentDispatchService/DeleteDispatch": Method(
+                agent_dispatch.DeleteAgentDispatchRequest, self.delete_dispatch
+            ),
+            "livekit.AgentDispatchService/ListDispatch": Method(
+                agent_dispatch.ListAgentDispatchRequest, self.list_dispatch
+            ),
+        }
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/twirp/{service}/{method}", self.handle)]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            return await self._handle(request)
+        except TwirpError as err:
+            return twirp_error(err)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = f"{request.match_info['service']}/{request.match_info['method']}"
+        method = self._methods.get(path)
+        if method is None:
+            raise TwirpError("bad_route", f"no such method {path}")
+        try:
+            claims = self._server.keys.verify(bearer_token(request.headers, request.query))
+        except AuthError as exc:
+            raise TwirpError("unauthenticated", str(exc)) from None
+        grants = claims.video or Grants()
+        content_type = request.content_type
+        if content_type not in (JSON, PROTOBUF):
+            raise TwirpError("bad_route", f"unsupported content type {content_type!r}")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            raise TwirpError("malformed", f"body larger than {MAX_BODY_BYTES} bytes")
+        body = await request.content.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise TwirpError("malformed", f"body larger than {MAX_BODY_BYTES} bytes")
+        req = method.request_type()
+        try:
+            if content_type == JSON:
+                json_format.Parse(body.decode() if body else "{}", req, ignore_unknown_fields=True)
+            else:
+                req.ParseFromString(body)
+        except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+            raise TwirpError("malformed", f"cannot decode {req.DESCRIPTOR.name}: {exc}") from None
+        resp = await method.handler(req, grants)
+        if content_type == JSON:
+            text = json_format.MessageToJson(resp, indent=None, preserving_proto_field_name=True)
+            return web.Response(text=text, content_type=JSON)
+        return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
+
+    # -- RoomService -----------------------------------------------------------------------------
+    async def create_room(self, req: room.CreateRoomRequest, grants: Grants) -> Message:
+        require(grants, create=True)
+        spec = RoomSpec(
+            name=req.name,
+            empty_timeout=req.empty_timeout,
+            departure_timeout=req.departure_timeout,
+            max_participants=req.max_participants,
+            metadata=req.metadata,
+            agents=tuple(DispatchSpec.from_room_agent(a) for a in req.agents),
+        )
+        created, _ = await self._server.rooms.create_room(spec)
+        return created
+
+    async def list_rooms(self, req: room.ListRoomsRequest, grants: Grants) -> Message:
+        require(grants, list_=True)
+        return room.ListRoomsResponse(rooms=await self._server.rooms.list_rooms(list(req.names)))
+
+    async def delete_room(self, req: room.DeleteRoomRequest, grants: Grants) -> Message:
+        require(grants, create=True)
+        await self._server.rooms.delete_room(req.room)
+        return room.DeleteRoomResponse()
+
+    # -- AgentDispatchService --------------------------------------------------------------------
+    async def create_dispatch(self, req: agent_dispatch.CreateAgentDispatchRequest, grants: Grants) -> Message:
+        require(grants, admin_room=req.room)
+        spec = DispatchSpec(
+            agent_name=req.agent_name,
+            metadata=req.metadata,
+            deployment=req.deployment,
+            attributes=dict(req.attributes),
+            restart_policy=req.restart_policy,
+        )
+        return await self._server.rooms.create_dispatch(req.room, spec)
+
+    async def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest, grants: Grants) -> Message:
+        require(grants, admin_room=req.room)
+        return await self._server.rooms.delete_dispatch(req.room, req.dispatch_id)
+
+    async def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest, grants: Grants) -> Message:
+        require(grants, admin_room=req.room)
+        dispatches = await self._server.rooms.list_dispatches(req.room, req.dispatch_id)
+        return agent_dispatch.ListAgentDispatchResponse(agent_dispatches=dispatches)
