@@ -1,0 +1,194 @@
+"""A lightweight simulated worker: a real protocol client over a real WebSocket, no processes.
+
+Used by the dispatch benchmark, the demo, and the server tests. Its behaviour on offers is set by
+`policy` ("accept", "reject", "terminate", "ignore") and an optional answer delay; it records what it
+received so callers can assert on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from livekit import api
+from livekit.protocol import agent
+
+from ..protocol import Encoding, decode_server_message, encode
+
+OfferPolicy = str  # "accept" | "reject" | "terminate" | "ignore"
+
+
+@dataclass
+class SimWorkerOptions:
+    url: str
+    api_key: str = "devkey"
+    api_secret: str = "secret"
+    agent_name: str = ""
+    job_type: int = agent.JobType.JT_ROOM
+    deployment: str = ""
+    namespace: str | None = None
+    policy: OfferPolicy = "accept"
+    answer_delay: float = 0.0
+    encoding: Encoding = Encoding.BINARY
+    #: seconds a job "runs" after assignment before JS_SUCCESS is reported; None = never end
+    job_duration: float | None = None
+    load: float = 0.0
+
+
+@dataclass
+class Received:
+    offers: list[agent.AvailabilityRequest] = field(default_factory=list)
+    assignments: list[agent.JobAssignment] = field(default_factory=list)
+    terminations: list[str] = field(default_factory=list)
+    pongs: list[agent.WorkerPong] = field(default_factory=list)
+    assigned_at: dict[str, float] = field(default_factory=dict)
+
+
+class SimWorker:
+    def __init__(self, options: SimWorkerOptions, session: aiohttp.ClientSession | None = None) -> None:
+        self.opts = options
+        self.id = ""
+        self.received = Received()
+        self.on_assignment: Callable[[agent.JobAssignment], None] | None = None
+        self._session = session
+        self._own_session = session is None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._events: asyncio.Queue[agent.ServerMessage] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    @property
+    def ws(self) -> aiohttp.ClientWebSocketResponse:
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        return self._ws
+
+    def token(self) -> str:
+        grants = api.VideoGrants(agent=True)
+        return api.AccessToken(self.opts.api_key, self.opts.api_secret).with_grants(grants).to_jwt()
+
+    async def connect(self, register: bool = True) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        url = self.opts.url.replace("http://", "ws://").rstrip("/") + "/agent"
+        self._ws = await self._session.ws_connect(url, headers={"Authorization": f"Bearer {self.token()}"})
+        if register:
+            await self.register()
+        self._reader = asyncio.get_running_loop().create_task(self._read(), name="simworker-read")
+
+    async def register(self) -> None:
+        req = agent.RegisterWorkerRequest(
+            type=self.opts.job_type,  # type: ignore[arg-type]
+            agent_name=self.opts.agent_name,
+            version="sim",
+            deployment=self.opts.deployment,
+        )
+        if self.opts.namespace is not None:
+            req.namespace = self.opts.namespace
+        await self.send(agent.WorkerMessage(register=req))
+        frame = await self.ws.receive(timeout=10)
+        msg = decode_server_message(frame.data)
+        if not msg.HasField("register"):
+            raise RuntimeError(f"expected register response, got {msg.WhichOneof('message')}")
+        self.id = msg.register.worker_id
+        if self.opts.load:
+            await self.report(self.opts.load)
+
+    async def send(self, msg: agent.WorkerMessage) -> None:
+        data = encode(msg, self.opts.encoding)
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
+
+    async def report(self, load: float, status: int = agent.WorkerStatus.WS_AVAILABLE, job_count: int = 0) -> None:
+        update = agent.UpdateWorkerStatus(load=load, status=status, job_count=job_count)  # type: ignore[arg-type]
+        await self.send(agent.WorkerMessage(update_worker=update))
+
+    async def answer(self, job_id: str, available: bool, terminate: bool = False) -> None:
+        resp = agent.AvailabilityResponse(job_id=job_id, available=available, terminate=terminate)
+        await self.send(agent.WorkerMessage(availability=resp))
+
+    async def finish(self, job_id: str, status: int = agent.JobStatus.JS_SUCCESS, error: str = "") -> None:
+        upd = agent.UpdateJobStatus(job_id=job_id, status=status, error=error)  # type: ignore[arg-type]
+        await self.send(agent.WorkerMessage(update_job=upd))
+
+    async def next_event(self, kind: str, timeout: float = 5.0) -> agent.ServerMessage:
+        """The next received message of a kind (availability/assignment/termination/pong)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            msg = await asyncio.wait_for(self._events.get(), max(0.0, end - loop.time()))
+            if msg.WhichOneof("message") == kind:
+                return msg
+
+    async def _read(self) -> None:
+        ws = self.ws
+        try:
+            async for frame in ws:
+                if frame.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    break
+                await self._on_message(decode_server_message(frame.data))
+        finally:
+            self.close_code = ws.close_code
+            self.closed.set()
+
+    async def _on_message(self, msg: agent.ServerMessage) -> None:
+        which = msg.WhichOneof("message")
+        self._events.put_nowait(msg)
+        if which == "availability":
+            self.received.offers.append(msg.availability)
+            self._start(self._answer_offer(msg.availability.job.id))
+        elif which == "assignment":
+            job_id = msg.assignment.job.id
+            self.received.assignments.append(msg.assignment)
+            self.received.assigned_at[job_id] = time.perf_counter()
+            if self.on_assignment is not None:
+                self.on_assignment(msg.assignment)
+            await self.finish(job_id, agent.JobStatus.JS_RUNNING)
+            if self.opts.job_duration is not None:
+                self._start(self._run_job(job_id, self.opts.job_duration))
+        elif which == "termination":
+            self.received.terminations.append(msg.termination.job_id)
+        elif which == "pong":
+            self.received.pongs.append(msg.pong)
+
+    def _start(self, coro: asyncio.Future[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_offer(self, job_id: str) -> None:
+        policy = self.opts.policy
+        if policy == "ignore":
+            return
+        if self.opts.answer_delay:
+            await asyncio.sleep(self.opts.answer_delay)
+        if policy == "accept":
+            await self.answer(job_id, True)
+        elif policy == "terminate":
+            await self.answer(job_id, False, terminate=True)
+        else:
+            await self.answer(job_id, False)
+
+    async def _run_job(self, job_id: str, duration: float) -> None:
+        await asyncio.sleep(duration)
+        if job_id not in self.received.terminations:
+            await self.finish(job_id, agent.JobStatus.JS_SUCCESS)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._own_session and self._session is not None:
+            await self._session.close()
