@@ -8,7 +8,8 @@ import sys
 import warnings
 from typing import Any
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
+_STANDARD |= {"message", "asctime", "taskName"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -17,7 +18,8 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        base = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        when = self.formatTime(record, "%H:%M:%S")
+        base = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         text = f"{base} {extras}" if extras else base
         if record.exc_info:

@@ -50,12 +50,18 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
 @click.option("--port", type=click.IntRange(0, 65535), default=7880, show_default=True)
 @click.option("--keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--offer-timeout", type=float, default=5.0, show_default=True, help="Seconds per offer.")
-@click.option("--dispatch-deadline", type=float, default=30.0, show_default=True, help="Seconds a job may wait.")
+@click.option(
+    "--dispatch-deadline", type=float, default=30.0, show_default=True, help="Seconds a job may wait."
+)
 @click.option("--queue-limit", type=int, default=10_000, show_default=True, help="Jobs allowed to wait.")
 @click.option("--reconnect-grace", type=float, default=10.0, show_default=True)
 @click.option("--public-url", default="", help="URL put in job assignments (default: the worker's own).")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default="INFO", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def server_command(
     dev: bool,

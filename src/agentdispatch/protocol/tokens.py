@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,14 +23,24 @@ class KeyPair:
     secret: str
 
 
+LEEWAY_S = 5.0
+CACHE_SIZE = 4096
+
+
 class KeyRing:
-    """API keys the server accepts. Tokens name their key in ``iss``."""
+    """API keys the server accepts. Tokens name their key in ``iss``.
+
+    Verified tokens are cached until they expire: API clients mint one token per call and calls in the
+    same second carry the same token, so a burst of requests verifies the signature once.
+    """
 
     def __init__(self, keys: Mapping[str, str]) -> None:
         if not keys:
             raise AuthError("at least one API key is required")
-        self._verifiers = {k: api.TokenVerifier(k, s, leeway=datetime.timedelta(seconds=5)) for k, s in keys.items()}
+        leeway = datetime.timedelta(seconds=LEEWAY_S)
+        self._verifiers = {k: api.TokenVerifier(k, s, leeway=leeway) for k, s in keys.items()}
         self._secrets = dict(keys)
+        self._cache: dict[str, tuple[api.access_token.Claims, float, float]] = {}
 
     def secret(self, key: str) -> str:
         return self._secrets[key]
@@ -41,6 +52,15 @@ class KeyRing:
 
     def verify(self, token: str) -> api.access_token.Claims:
         """Verify signature, expiry, not-before and issuer; return the claims."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            claims, not_before, expires = cached
+            if not_before - LEEWAY_S <= time.time() <= expires + LEEWAY_S:
+                return claims
+            del self._cache[token]
+        return self._verify(token)
+
+    def _verify(self, token: str) -> api.access_token.Claims:
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
@@ -49,13 +69,17 @@ class KeyRing:
         if not isinstance(issuer, str) or issuer not in self._verifiers:
             raise AuthError("token issuer is not a known API key")
         try:
-            return self._verifiers[issuer].verify(token)
+            claims = self._verifiers[issuer].verify(token)
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
         except jwt.ImmatureSignatureError:
             raise AuthError("token not yet valid") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise AuthError(f"invalid token: {exc}") from None
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[token] = (claims, float(unverified.get("nbf", 0)), float(unverified["exp"]))
+        return claims
 
 
 def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -56,12 +55,12 @@ class AgentEndpoint:
                 await ws.close()
         return ws
 
-    async def _receive(self, session: WorkerSession, timeout: float | None) -> agent.WorkerMessage | None:
+    async def _receive(self, session: WorkerSession, wait: float | None) -> agent.WorkerMessage | None:
         ws = session.ws
         try:
-            frame = await ws.receive(timeout=timeout)
-        except asyncio.TimeoutError:
-            raise ProtocolError(f"no frame within {timeout:g}s") from None
+            frame = await ws.receive(timeout=wait)
+        except TimeoutError:
+            raise ProtocolError(f"no frame within {wait:g}s") from None
         if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return None
         if frame.type == aiohttp.WSMsgType.ERROR:
@@ -129,7 +128,9 @@ class AgentEndpoint:
         await self._server.worker_registered(session)
 
     async def _pong(self, session: WorkerSession, ping: agent.WorkerPing) -> None:
-        pong = agent.WorkerPong(last_timestamp=ping.timestamp, timestamp=self._server.clock.wall_ns() // 1_000_000)
+        pong = agent.WorkerPong(
+            last_timestamp=ping.timestamp, timestamp=self._server.clock.wall_ns() // 1_000_000
+        )
         await session.send(agent.ServerMessage(pong=pong))
 
     async def _handle(self, session: WorkerSession, msg: agent.WorkerMessage) -> None:

@@ -172,7 +172,9 @@ class DispatchServer:
         await self.dispatcher.offer_to(job, session)
 
 
-async def serve_forever(config: ServerConfig, on_started: Callable[[DispatchServer], None] | None = None) -> None:
+async def serve_forever(
+    config: ServerConfig, on_started: Callable[[DispatchServer], None] | None = None
+) -> None:
     """Run a server until cancelled (the CLI wraps this with signal handling)."""
     server = DispatchServer(config)
     await server.start()

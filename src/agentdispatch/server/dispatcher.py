@@ -222,7 +222,9 @@ class Dispatcher:
         self._registry.refresh(worker)
         self._emit(job)
         sent = await worker.send(
-            agent.ServerMessage(assignment=agent.JobAssignment(job=job, url=self._config.public_url, token=token))
+            agent.ServerMessage(
+                assignment=agent.JobAssignment(job=job, url=self._config.public_url, token=token)
+            )
         )
         if not sent:
             log.warning("assignment not delivered", extra={"job_id": job.id, "worker_id": worker.id})
@@ -255,7 +257,7 @@ class Dispatcher:
         """A worker registered, reported AVAILABLE, or freed a slot: serve waiting jobs."""
         if not worker.eligible or not self._queues:
             return
-        for key in worker.registration.keys():
+        for key in worker.registration.worker_keys():
             queue = self._queues.get(key)
             while queue:
                 job_id = next(iter(queue))
@@ -328,7 +330,9 @@ class Dispatcher:
 
     async def _fail_no_capacity(self, pj: PendingJob) -> None:
         dep = pj.key[3]
-        where = f"agent_name={pj.job.agent_name!r}" + ("" if dep == ANY_DEPLOYMENT else f" deployment={dep!r}")
+        where = f"agent_name={pj.job.agent_name!r}" + (
+            "" if dep == ANY_DEPLOYMENT else f" deployment={dep!r}"
+        )
         await self._finish_pending(
             pj,
             agent.JobStatus.JS_FAILED,

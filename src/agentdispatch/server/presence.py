@@ -64,7 +64,9 @@ class Connection:
 
 
 def participant_from_claims(claims: api.access_token.Claims) -> models.ParticipantInfo:
-    kind = models.ParticipantInfo.Kind.AGENT if claims.kind == "agent" else models.ParticipantInfo.Kind.STANDARD
+    kind = (
+        models.ParticipantInfo.Kind.AGENT if claims.kind == "agent" else models.ParticipantInfo.Kind.STANDARD
+    )
     return models.ParticipantInfo(
         sid=new_id("PA_"),
         identity=claims.identity,
@@ -98,10 +100,14 @@ class PresenceHub:
 
     # RoomObserver --------------------------------------------------------------------------------
     def participant_joined(self, room: str, participant: models.ParticipantInfo) -> None:
-        self._broadcast(room, {"type": "participant_joined", "participant": to_dict(participant)}, participant.identity)
+        self._broadcast(
+            room, {"type": "participant_joined", "participant": to_dict(participant)}, participant.identity
+        )
 
     def participant_left(self, room: str, participant: models.ParticipantInfo) -> None:
-        self._broadcast(room, {"type": "participant_left", "participant": to_dict(participant)}, participant.identity)
+        self._broadcast(
+            room, {"type": "participant_left", "participant": to_dict(participant)}, participant.identity
+        )
 
     def room_closed(self, room: str, reason: str) -> None:
         for conn in self._rooms.pop(room, {}).values():
@@ -131,7 +137,9 @@ class PresenceHub:
         participant = participant_from_claims(claims)
         await ws.prepare(request)
         try:
-            room = await self._server.rooms.join(room_name, participant, room_spec_from_claims(room_name, claims))
+            room = await self._server.rooms.join(
+                room_name, participant, room_spec_from_claims(room_name, claims)
+            )
         except TwirpError as exc:
             await ws.send_str(json.dumps({"type": "error", "code": exc.code, "msg": exc.msg}))
             await ws.close()
@@ -143,9 +151,22 @@ class PresenceHub:
             old.post({"type": "error", "code": "already_exists", "msg": "replaced by a new connection"})
             old.close_soon()
         members[participant.identity] = conn
-        others = [to_dict(p) for p in await self._server.rooms.participants(room_name) if p.identity != claims.identity]
-        conn.post({"type": "joined", "room": to_dict(room), "participant": to_dict(participant), "participants": others})
-        writer = asyncio.get_running_loop().create_task(conn.writer(), name=f"presence-writer:{participant.sid}")
+        others = [
+            to_dict(p)
+            for p in await self._server.rooms.participants(room_name)
+            if p.identity != claims.identity
+        ]
+        conn.post(
+            {
+                "type": "joined",
+                "room": to_dict(room),
+                "participant": to_dict(participant),
+                "participants": others,
+            }
+        )
+        writer = asyncio.get_running_loop().create_task(
+            conn.writer(), name=f"presence-writer:{participant.sid}"
+        )
         try:
             await self._read(conn)
         finally:

@@ -27,14 +27,14 @@ class WorkerRegistry:
 
     def add(self, session: WorkerSession) -> None:
         self._workers[session.id] = session
-        for key in session.registration.keys():
+        for key in session.registration.worker_keys():
             self._index.setdefault(key, LoadIndex(self._rng))
         self.refresh(session)
 
     def remove(self, session: WorkerSession) -> None:
         if self._workers.pop(session.id, None) is None:
             return
-        for key in session.registration.keys():
+        for key in session.registration.worker_keys():
             index = self._index.get(key)
             if index is not None:
                 index.remove(session.id)
@@ -47,7 +47,7 @@ class WorkerRegistry:
             return
         projected = session.load.projected(self._per_job_load)
         eligible = session.eligible
-        for key in session.registration.keys():
+        for key in session.registration.worker_keys():
             self._index[key].update(session.id, projected, eligible)
 
     def best(self, key: WorkerKey, exclude: Collection[str] = ()) -> WorkerSession | None:

@@ -137,7 +137,9 @@ class RoomManager:
         if old is not None:
             old.cancel()
         if seconds > 0:
-            self._close_timers[name] = asyncio.get_running_loop().call_later(seconds, self._on_close_timer, name)
+            self._close_timers[name] = asyncio.get_running_loop().call_later(
+                seconds, self._on_close_timer, name
+            )
 
     def _on_close_timer(self, name: str) -> None:
         self._close_timers.pop(name, None)
@@ -182,7 +184,9 @@ class RoomManager:
         await self._start_jobs(room, dispatch, types or {JT_ROOM})
         return dispatch
 
-    async def _start_jobs(self, room: models.Room, dispatch: agent_dispatch.AgentDispatch, types: set[int]) -> None:
+    async def _start_jobs(
+        self, room: models.Room, dispatch: agent_dispatch.AgentDispatch, types: set[int]
+    ) -> None:
         if JT_ROOM in types:
             await self._dispatcher.submit(self._new_job(room, dispatch, JT_ROOM))
         if types & {JT_PARTICIPANT, JT_PUBLISHER}:
@@ -236,7 +240,10 @@ class RoomManager:
             self._dormant.pop(dispatch_id, None)
             for job in await self._store.jobs_of_dispatch(dispatch_id):
                 await self._dispatcher.end_job(
-                    job.id, agent.JobStatus.JS_CANCELLED, "dispatch deleted", agent.JobStateReason.JSR_DISPATCH_DELETED
+                    job.id,
+                    agent.JobStatus.JS_CANCELLED,
+                    "dispatch deleted",
+                    agent.JobStateReason.JSR_DISPATCH_DELETED,
                 )
         return (await self.list_dispatches(room, dispatch_id))[0]
 
@@ -255,7 +262,9 @@ class RoomManager:
             await self._start_jobs(room, dispatch, types)
 
     # -- participants ----------------------------------------------------------------------------
-    async def join(self, room_name: str, participant: models.ParticipantInfo, room_spec: RoomSpec) -> models.Room:
+    async def join(
+        self, room_name: str, participant: models.ParticipantInfo, room_spec: RoomSpec
+    ) -> models.Room:
         room, _ = await self.create_room(room_spec)
         existing = await self._store.list_participants(room_name)
         humans = [p for p in existing if p.kind != AGENT_KIND and p.identity != participant.identity]

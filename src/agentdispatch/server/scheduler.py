@@ -53,9 +53,7 @@ class LoadIndex:
     def remove(self, worker_id: str) -> None:
         self._version.pop(worker_id, None)
 
-    def best(
-        self, exclude: Collection[str] = (), accept: Callable[[str], bool] | None = None
-    ) -> str | None:
+    def best(self, exclude: Collection[str] = (), accept: Callable[[str], bool] | None = None) -> str | None:
         """The eligible worker with the lowest projection, not in `exclude` and passing `accept`."""
         heap = self._heap
         skipped: list[tuple[float, float, int, str]] = []

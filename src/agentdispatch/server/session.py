@@ -46,7 +46,7 @@ class Registration:
     ping_interval: float
     permissions: models.ParticipantPermission
 
-    def keys(self) -> tuple[WorkerKey, WorkerKey]:
+    def worker_keys(self) -> tuple[WorkerKey, WorkerKey]:
         """The exact key and the any-deployment key this worker is found under."""
         return (
             (self.agent_name, self.namespace, self.job_type, self.deployment),

@@ -39,7 +39,9 @@ def twirp_error(err: TwirpError) -> web.Response:
     return web.json_response({"code": err.code, "msg": err.msg}, status=err.status)
 
 
-def require(grants: Grants, *, create: bool = False, list_: bool = False, admin_room: str | None = None) -> None:
+def require(
+    grants: Grants, *, create: bool = False, list_: bool = False, admin_room: str | None = None
+) -> None:
     if create and not grants.room_create:
         raise TwirpError("permission_denied", "requires the roomCreate grant")
     if list_ and not grants.room_list:
@@ -134,7 +136,9 @@ class TwirpServices:
         return room.DeleteRoomResponse()
 
     # -- AgentDispatchService --------------------------------------------------------------------
-    async def create_dispatch(self, req: agent_dispatch.CreateAgentDispatchRequest, grants: Grants) -> Message:
+    async def create_dispatch(
+        self, req: agent_dispatch.CreateAgentDispatchRequest, grants: Grants
+    ) -> Message:
         require(grants, admin_room=req.room)
         spec = DispatchSpec(
             agent_name=req.agent_name,
@@ -145,7 +149,9 @@ class TwirpServices:
         )
         return await self._server.rooms.create_dispatch(req.room, spec)
 
-    async def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest, grants: Grants) -> Message:
+    async def delete_dispatch(
+        self, req: agent_dispatch.DeleteAgentDispatchRequest, grants: Grants
+    ) -> Message:
         require(grants, admin_room=req.room)
         return await self._server.rooms.delete_dispatch(req.room, req.dispatch_id)
 
