@@ -6,8 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import aiohttp
 from aiohttp import web
-from livekit.protocol import agent, agent_dispatch, models
+from livekit.protocol import agent, models
 
 from .. import __version__
 from ..protocol import SYSTEM_CLOCK, Clock, KeyRing, new_id
@@ -83,8 +84,12 @@ class DispatchServer:
         for timer in self._orphans.values():
             timer.cancel()
         self._orphans.clear()
+        if self._site is not None:
+            await self._site.stop()  # no new connections from here on
+        go_away = agent.ServerMessage(go_away=agent.AgentHttp.GoAway(reason="server shutting down"))
         for session in self.registry:
-            await session.ws.close(message=b"server shutting down")
+            await session.send(go_away)
+            await session.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await self.rooms.aclose()
         await self.dispatcher.aclose()
         if self._runner is not None:
@@ -120,13 +125,7 @@ class DispatchServer:
         job = await self.store.get_job(job_id)
         if job is None or job.state.status in ENDED or job.state.worker_id != worker_id:
             return
-        dispatch = await self.store.get_dispatch(job.dispatch_id)
-        if dispatch is None or dispatch.restart_policy == agent_dispatch.JobRestartPolicy.JRP_NEVER:
-            await self.dispatcher.end_job(job_id, agent.JobStatus.JS_FAILED, "worker lost")
-            return
-        log.info("re-dispatching job of a lost worker", extra={"job_id": job_id, "worker_id": worker_id})
-        job.state.worker_id = ""
-        await self.dispatcher.submit(job, resuming=True)
+        await self.dispatcher.restart_or_fail(job, "worker lost", worker_id)
 
     async def migrate_jobs(self, session: WorkerSession, req: agent.MigrateJobRequest) -> None:
         """A (re)connected worker reports jobs it still runs: keep them with it, never run twice."""

@@ -37,6 +37,8 @@ class ServerConfig:
     max_frame_bytes: int = 2 * 1024 * 1024
     #: seconds the server keeps a lost worker's running jobs before re-dispatching them
     reconnect_grace: float = 10.0
+    #: how often one job may be restarted (worker lost or job failed) before it ends FAILED
+    max_restarts: int = 3
     #: ping interval assumed for workers that do not announce one (liveness = 3x this)
     default_ping_interval: float = 30.0
 
@@ -54,6 +56,8 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
         if self.reconnect_grace < 0:
             raise ConfigError(f"reconnect_grace must be >= 0, got {self.reconnect_grace!r}")
+        if self.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
         if self.queue_limit < 1:
             raise ConfigError(f"queue_limit must be >= 1, got {self.queue_limit}")
         if not 0 < self.per_job_load <= 1:

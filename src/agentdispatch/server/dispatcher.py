@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from livekit.protocol import agent
+from livekit.protocol import agent, agent_dispatch
 
 from ..protocol import SYSTEM_CLOCK, Clock, JobTokenRequest, KeyPair, TaskSet, TwirpError, mint_job_token
 from .config import ServerConfig
@@ -60,6 +60,7 @@ class Dispatcher:
         self._pending: dict[str, PendingJob] = {}
         self._queues: dict[WorkerKey, dict[str, PendingJob]] = {}
         self._listeners: list[JobListener] = []
+        self._restarts: dict[str, int] = {}
         self._tasks = TaskSet("dispatcher")
 
     # -- observation -------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class Dispatcher:
         state.participant_identity = identity
         state.started_at = now_ns
         state.updated_at = now_ns
-        state.error = ""
+        state.reason = agent.JobStateReason.JSR_UNSPECIFIED
         await self._store.update_job(job)
         worker.active_jobs.add(job.id)
         worker.load.since_report += 1
@@ -237,20 +238,60 @@ class Dispatcher:
                 extra={"job_id": update.job_id, "worker_id": worker.id, "status": update.status},
             )
             return
-        now_ns = self._clock.wall_ns()
-        job.state.updated_at = now_ns
-        if update.status in ENDED:
-            job.state.status = update.status
-            job.state.error = update.error
-            job.state.ended_at = now_ns
-            worker.active_jobs.discard(job.id)
-            self._registry.refresh(worker)
-        elif update.status == agent.JobStatus.JS_RUNNING:
+        if update.status == agent.JobStatus.JS_RUNNING:
             job.state.status = agent.JobStatus.JS_RUNNING
+            job.state.updated_at = self._clock.wall_ns()
+            await self._store.update_job(job)
+            self._emit(job)
+            return
+        if update.status not in ENDED:
+            return
+        worker.active_jobs.discard(job.id)
+        self._registry.refresh(worker)
+        if update.status == agent.JobStatus.JS_FAILED:
+            await self.restart_or_fail(job, update.error or "job failed", worker.id)
+        else:
+            self._set_ended(job, update.status, update.error, 0)
+            await self._store.update_job(job)
+            self._emit(job)
+        await self.worker_available(worker)
+
+    async def restart_or_fail(self, job: agent.Job, error: str, failed_worker_id: str) -> None:
+        """A running job failed or lost its worker: offer it again (resuming) or end it FAILED.
+
+        Restarts follow the dispatch's restart policy and are bounded by `max_restarts`, so a job that
+        crashes every worker ends FAILED with its last error instead of looping.
+        """
+        dispatch = await self._store.get_dispatch(job.dispatch_id)
+        restarts = self._restarts.get(job.id, 0)
+        never = (
+            dispatch is None
+            or dispatch.restart_policy == agent_dispatch.JobRestartPolicy.JRP_NEVER
+            or bool(dispatch.state.deleted_at)
+        )
+        if never or restarts >= self._config.max_restarts:
+            suffix = f" (after {restarts} restarts)" if restarts else ""
+            await self._end_now(job, agent.JobStatus.JS_FAILED, error + suffix, 0)
+            return
+        self._restarts[job.id] = restarts + 1
+        job.state.error = f"restart {restarts + 1}/{self._config.max_restarts}: {error}"
+        job.state.reason = agent.JobStateReason.JSR_RETRYING
+        job.state.worker_id = ""
+        log.warning(
+            "restarting job", extra={"job_id": job.id, "worker_id": failed_worker_id, "error": error}
+        )
+        try:
+            pj = await self._admit(job, None, resuming=True)
+        except TwirpError:
+            await self._end_now(job, agent.JobStatus.JS_FAILED, f"{error}; restart refused: queue full", 0)
+            return
+        pj.tried.add(failed_worker_id)
+        await self._place(pj)
+
+    async def _end_now(self, job: agent.Job, status: int, error: str, reason: int) -> None:
+        self._set_ended(job, status, error, reason)
         await self._store.update_job(job)
         self._emit(job)
-        if update.status in ENDED:
-            await self.worker_available(worker)
 
     # -- capacity events ----------------------------------------------------------------------
     async def worker_available(self, worker: WorkerSession) -> None:
@@ -295,12 +336,11 @@ class Dispatcher:
             worker.active_jobs.discard(job_id)
             await worker.send(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
             self._registry.refresh(worker)
-        self._set_ended(job, status, error, reason)
-        await self._store.update_job(job)
-        self._emit(job)
+        await self._end_now(job, status, error, reason)
         return job
 
     def _set_ended(self, job: agent.Job, status: int, error: str, reason: int) -> None:
+        self._restarts.pop(job.id, None)
         now_ns = self._clock.wall_ns()
         job.state.status = status  # type: ignore[assignment]
         job.state.error = error

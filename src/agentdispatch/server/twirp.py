@@ -14,6 +14,7 @@ from livekit import api
 from livekit.protocol import agent_dispatch, room
 
 from ..protocol import AuthError, TwirpError, bearer_token
+from .idempotency import IdempotencyCache, request_key
 from .rooms import DispatchSpec, RoomSpec
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ Handler = Callable[[Any, Grants], Awaitable[Message]]
 class Method:
     request_type: type[Message]
     handler: Handler
+    #: a repeated request id replays the first answer instead of acting twice
+    idempotent: bool = False
 
 
 def twirp_error(err: TwirpError) -> web.Response:
@@ -56,12 +59,13 @@ def require(
 class TwirpServices:
     def __init__(self, server: DispatchServer) -> None:
         self._server = server
+        self._replays = IdempotencyCache(clock=server.clock)
         self._methods: dict[str, Method] = {
             "livekit.RoomService/CreateRoom": Method(room.CreateRoomRequest, self.create_room),
             "livekit.RoomService/ListRooms": Method(room.ListRoomsRequest, self.list_rooms),
             "livekit.RoomService/DeleteRoom": Method(room.DeleteRoomRequest, self.delete_room),
             "livekit.AgentDispatchService/CreateDispatch": Method(
-                agent_dispatch.CreateAgentDispatchRequest, self.create_dispatch
+                agent_dispatch.CreateAgentDispatchRequest, self.create_dispatch, idempotent=True
             ),
             "livekit.AgentDispatchService/DeleteDispatch": Method(
                 agent_dispatch.DeleteAgentDispatchRequest, self.delete_dispatch
@@ -106,7 +110,8 @@ class TwirpServices:
                 req.ParseFromString(body)
         except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
             raise TwirpError("malformed", f"cannot decode {req.DESCRIPTOR.name}: {exc}") from None
-        resp = await method.handler(req, grants)
+        key = request_key(path, request.headers) if method.idempotent else None
+        resp = await self._replays.run(key, lambda: method.handler(req, grants))
         if content_type == JSON:
             text = json_format.MessageToJson(resp, indent=None, preserving_proto_field_name=True)
             return web.Response(text=text, content_type=JSON)
