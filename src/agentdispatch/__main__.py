@@ -1,0 +1,5 @@
+"""`python -m agentdispatch` is the `agentdispatch` command."""
+
+from .cli.main import main
+
+main()
