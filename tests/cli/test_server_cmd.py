@@ -58,7 +58,17 @@ def test_server_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "agentdispatch", "server", "--dev", "--port", str(port), "--log-format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentdispatch",
+        "server",
+        "--dev",
+        "--port",
+        str(port),
+        "--log-format",
+        "json",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20

@@ -26,7 +26,17 @@ def _free_port() -> int:
 def server_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")
-    cmd = [sys.executable, "-m", "agentdispatch", "server", "--dev", "--port", str(port), "--log-level", "ERROR"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "agentdispatch",
+        "server",
+        "--dev",
+        "--port",
+        str(port),
+        "--log-level",
+        "ERROR",
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
