@@ -62,6 +62,7 @@ class SimWorker:
         self._events: asyncio.Queue[agent.ServerMessage] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
+        self._pong_waiter: asyncio.Future[float] | None = None
 
     @property
     def ws(self) -> aiohttp.ClientWebSocketResponse:
@@ -107,7 +108,9 @@ class SimWorker:
         else:
             await self.ws.send_bytes(data)
 
-    async def report(self, load: float, status: int = agent.WorkerStatus.WS_AVAILABLE, job_count: int = 0) -> None:
+    async def report(
+        self, load: float, status: int = agent.WorkerStatus.WS_AVAILABLE, job_count: int = 0
+    ) -> None:
         update = agent.UpdateWorkerStatus(load=load, status=status, job_count=job_count)  # type: ignore[arg-type]
         await self.send(agent.WorkerMessage(update_worker=update))
 
@@ -118,6 +121,23 @@ class SimWorker:
     async def finish(self, job_id: str, status: int = agent.JobStatus.JS_SUCCESS, error: str = "") -> None:
         upd = agent.UpdateJobStatus(job_id=job_id, status=status, error=error)  # type: ignore[arg-type]
         await self.send(agent.WorkerMessage(update_job=upd))
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Send a WorkerPing and wait for its pong: the round trip in seconds (time.perf_counter).
+
+        The arrival time is taken where the pong frame is decoded, the same place assignment times are
+        taken, so round trips and dispatch latencies are measured alike. One ping at a time.
+        """
+        if self._pong_waiter is not None:
+            raise RuntimeError("a ping is already in flight")
+        waiter: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pong_waiter = waiter
+        try:
+            started = time.perf_counter()
+            await self.send(agent.WorkerMessage(ping=agent.WorkerPing(timestamp=time.time_ns() // 1_000_000)))
+            return await asyncio.wait_for(waiter, timeout) - started
+        finally:
+            self._pong_waiter = None
 
     async def next_event(self, kind: str, timeout: float = 5.0) -> agent.ServerMessage:
         """The next received message of a kind (availability/assignment/termination/pong)."""
@@ -158,6 +178,9 @@ class SimWorker:
             self.received.terminations.append(msg.termination.job_id)
         elif which == "pong":
             self.received.pongs.append(msg.pong)
+            waiter = self._pong_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(time.perf_counter())
 
     def _start(self, coro: asyncio.Future[None] | object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]

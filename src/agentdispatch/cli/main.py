@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .bench_cmd import bench_group
+from .demo_cmd import demo_command
 from .server_cmd import server_command
 
 
@@ -15,6 +17,8 @@ def cli() -> None:
 
 
 cli.add_command(server_command)
+cli.add_command(bench_group)
+cli.add_command(demo_command)
 
 
 def main() -> None:

@@ -1,0 +1,58 @@
+"""Read py-spy's raw (collapsed stack) output and name where the time went."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+TRUNK_SHARE = 0.9
+
+
+def _function(frame: str) -> str:
+    """`handle (agentdispatch/server/twirp.py:82)` -> `handle (agentdispatch/server/twirp.py)`."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
+
+
+def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
+    """Top functions by own (leaf) samples and by inclusive samples, as shares of all samples."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_function(f) for f in stack.split(";") if f and not f.startswith("process ")]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+
+    def share(counter: Counter[str], keep: Callable[[str, int], bool] = lambda _n, _c: True) -> list[Row]:
+        rows = [(name, n) for name, n in counter.most_common() if keep(name, n)][:top]
+        return [{"function": name, "samples": n, "percent": round(100.0 * n / total, 1)} for name, n in rows]
+
+    def below_trunk(_name: str, n: int) -> bool:
+        return n < TRUNK_SHARE * total  # frames on (almost) every stack say nothing
+
+    def ours(name: str, n: int) -> bool:
+        return "agentdispatch/" in name and below_trunk(name, n)
+
+    return {
+        "samples": total,
+        "top_self": share(own),
+        "top_total": share(inclusive, below_trunk),
+        "top_total_agentdispatch": share(inclusive, ours),
+    }

@@ -1,0 +1,95 @@
+"""Rich tables for benchmark results, and writing the result JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+
+def _num(value: Any, unit: str = "", digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def _row_ms(table: Table, label: str, stats: dict[str, Any], note: str = "") -> None:
+    if not stats.get("n"):
+        table.add_row(label, "-", note)
+        return
+    text = "  ".join(f"{k} {_num(stats.get(k))}" for k in ("p50", "p95", "p99", "max"))
+    table.add_row(label, text + " ms", note or f"n={stats['n']}")
+
+
+def dispatch_table(result: dict[str, Any]) -> Table:
+    """One table with everything a reader needs to judge a dispatch benchmark run."""
+    p, m = result["parameters"], result["method"]
+    table = Table(title="agentdispatch bench dispatch", show_lines=False, title_justify="left")
+    table.add_column("measure", style="bold")
+    table.add_column("value")
+    table.add_column("note", style="dim")
+    table.add_row("setup", f"{p['workers']} workers, {p['dispatches']} dispatches", f"{result['timestamp']}")
+    rate = f"{p['rate']:g}/s" if p["rate"] else "max (closed loop)"
+    table.add_row(
+        "load", f"rate {rate}, concurrency {p['concurrency']}", f"{m['client_processes']} client process(es)"
+    )
+    table.add_row("client", p["client"], m["client"])
+    table.add_row("server", "external" if p["server_url"] else "separate process", m["server"][:60])
+    d = result["dispatches"]
+    table.add_row("dispatches", f"{d['assigned']}/{d['requested']} assigned", f"created {d['created']}")
+    _row_ms(table, "dispatch latency", result["latency_ms"], "CreateDispatch sent -> JobAssignment received")
+    _row_ms(table, "CreateDispatch call", result["create_dispatch_call_ms"], "HTTP request -> response")
+    t = result["throughput"]
+    table.add_row(
+        "throughput",
+        f"{_num(t['dispatches_per_s'], ' /s', 1)}",
+        f"phase {_num(t['phase_seconds'], ' s')}, sent at {_num(t['send_rate_per_s'], ' /s', 1)}",
+    )
+    _row_ms(table, "WS round trip, idle", result["rtt_ms"]["idle"])
+    _row_ms(table, "WS round trip, loaded", result["rtt_ms"]["loaded"])
+    r = result["ratio"]
+    table.add_row(
+        "latency / RTT",
+        f"p50 {_num(r['p50_vs_idle_rtt'], 'x', 1)}  p99 {_num(r['p99_vs_idle_rtt'], 'x', 1)}",
+        f"vs loaded RTT: p50 {_num(r['p50_vs_loaded_rtt'], 'x', 1)}"
+        f"  p99 {_num(r['p99_vs_loaded_rtt'], 'x', 1)}",
+    )
+    f = result["failures"]
+    reasons = ", ".join(f"{k}: {v}" for k, v in f["reasons"].items()) or "none"
+    table.add_row("failures", str(f["total"]), reasons[:80])
+    w = result["workers"]
+    table.add_row(
+        "jobs per worker",
+        f"min {w['jobs_min']}  max {w['jobs_max']}  mean {w['jobs_mean']}",
+        f"{w['count']} workers, {w['workers_without_jobs']} without jobs",
+    )
+    c = result["cpu"]
+    table.add_row(
+        "CPU",
+        f"{c['count']} cpus",
+        f"cores busy: server {_num(c['server_cores_used'], '', 2)},"
+        f" clients {_num(c['clients_cores_used'], '', 2)},"
+        f" other processes {_num(c['others_cores_used'], '', 2)}",
+    )
+    tg = result["targets"]
+    table.add_row("target p99 <= 3x RTT", _num(tg["latency_p99_le_3x_idle_rtt_p99"]), "vs idle RTT p99")
+    table.add_row(
+        "target >= 2000/s", _num(tg["throughput_ge_2000_per_s"]), "architecture.md: at 1,000 workers"
+    )
+    profile = result.get("profile")
+    if profile and profile.get("top_self"):
+        for entry in profile["top_self"][:8]:
+            table.add_row("server profile", f"{entry['percent']}% self", entry["function"][:90])
+    return table
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    return path

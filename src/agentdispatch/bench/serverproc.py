@@ -1,0 +1,175 @@
+"""The real dispatch server as a separate OS process, for benchmarks.
+
+The load generator must not share the server's event loop, so benchmarks start
+`agentdispatch server --dev --port <free port>` as a child process, wait until `GET /` answers 200,
+and stop it at the end (SIGTERM, then SIGKILL). An optional py-spy recorder can be attached to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ..protocol import AgentDispatchError
+
+
+class BenchError(AgentDispatchError):
+    """A benchmark could not run (server did not start, a client process died, ...)."""
+
+
+@dataclass(frozen=True)
+class ServerProcessSettings:
+    #: 0 picks a free port on 127.0.0.1
+    port: int = 0
+    log_level: str = "WARNING"
+    startup_timeout: float = 20.0
+    #: extra `agentdispatch server` arguments, e.g. ("--dispatch-deadline", "60")
+    extra_args: Sequence[str] = ()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def agentdispatch_command() -> list[str]:
+    """The `agentdispatch` console script of this interpreter, or `python -m agentdispatch`."""
+    script = Path(sys.executable).parent / "agentdispatch"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "agentdispatch"]
+
+
+def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `GET /` until it answers 200; raise BenchError on timeout or if the process exits."""
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"server exited with code {proc.returncode} before answering GET /")
+        try:
+            with urllib.request.urlopen(url + "/", timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
+                last_error = f"status {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = str(exc)
+        time.sleep(0.05)
+    raise BenchError(f"server at {url} not healthy within {timeout:g}s ({last_error})")
+
+
+class ServerProcess:
+    """`agentdispatch server --dev` in a child process; a context manager."""
+
+    def __init__(self, settings: ServerProcessSettings = ServerProcessSettings()) -> None:
+        self.settings = settings
+        self.port = settings.port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BenchError("server process not started")
+        return self._proc.pid
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            *agentdispatch_command(),
+            "server",
+            "--dev",
+            "--port",
+            str(self.port),
+            "--log-level",
+            self.settings.log_level,
+            *self.settings.extra_args,
+        ]
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+        try:
+            wait_healthy(self.url, self.settings.startup_timeout, self._proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM (the server drains and closes its sockets), then SIGKILL; the exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class PySpyRecorder:
+    """`py-spy record --pid <server>` while the measured phase runs (SIGINT makes it write)."""
+
+    def __init__(self, pid: int, output: Path, rate: int = 200) -> None:
+        exe = Path(sys.executable).parent / "py-spy"
+        found = str(exe) if exe.exists() else shutil.which("py-spy")
+        if found is None:
+            raise BenchError("py-spy not found: pip install py-spy")
+        fmt = "speedscope" if output.suffix == ".json" else "raw" if output.suffix == ".txt" else "flamegraph"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.output = output
+        self._cmd = [
+            found,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--format",
+            fmt,
+            "-o",
+            str(output),
+        ]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # let it attach before the measured phase starts
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return
+        if proc.returncode not in (0, -signal.SIGINT) and err:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(err.decode(errors="replace")[-2000:])

@@ -1,0 +1,33 @@
+"""`agentdispatch demo`: argument parsing only; the demo itself lives in bench/demo.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+from rich.console import Console
+
+from ..bench.demo import DemoSettings, run_demo
+from .logs import setup_logging
+
+
+@click.command("demo")
+@click.option("--workers", type=click.IntRange(1, 32), default=4, show_default=True, help="Regular workers.")
+@click.option(
+    "--dispatches", type=click.IntRange(1, 500), default=20, show_default=True, help="Regular dispatches."
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(0.5, 20),
+    default=6.0,
+    show_default=True,
+    help="Seconds over which the dispatches are created.",
+)
+def demo_command(workers: int, dispatches: int, seconds: float) -> None:
+    """In-memory server + simulated workers + dispatches: watch jobs get placed, wait, run and end."""
+    setup_logging("WARNING")
+    settings = DemoSettings(workers=workers, dispatches=dispatches, seconds=seconds)
+    console = Console()
+    if not console.is_terminal:  # pipes and CI logs: wide enough for the table, no live redraws
+        console = Console(width=140)
+    asyncio.run(run_demo(settings, console))

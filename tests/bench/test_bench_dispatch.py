@@ -1,0 +1,120 @@
+"""The dispatch benchmark, run small: every JSON field present and every number sane."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentdispatch.bench.dispatch import DispatchBenchSettings, run_dispatch_bench, split
+from agentdispatch.bench.stats import percentile, summarize_ms
+from agentdispatch.protocol import ConfigError
+
+WORKERS = 5
+DISPATCHES = 50
+RTT_SAMPLES = 50
+
+SECTIONS = {
+    "benchmark", "timestamp", "python", "platform", "cpu_count", "parameters", "method", "dispatches",
+    "latency_ms", "create_dispatch_call_ms", "throughput", "rtt_ms", "ratio", "failures", "workers", "cpu",
+    "targets", "profile",
+}  # fmt: skip
+MS_FIELDS = ("n", "min", "mean", "p50", "p95", "p99", "max")
+
+
+def assert_ms_summary(stats: dict[str, Any], n: int) -> None:
+    assert set(stats) == set(MS_FIELDS)
+    assert stats["n"] == n
+    assert 0 < stats["min"] <= stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+    assert stats["min"] <= stats["mean"] <= stats["max"]
+
+
+def assert_sane(result: dict[str, Any], processes: int, client: str) -> None:
+    assert set(result) >= SECTIONS
+    assert result["benchmark"] == "dispatch"
+    assert result["python"] == sys.version.split()[0]
+    assert result["cpu_count"] >= 1
+    params = result["parameters"]
+    assert (params["workers"], params["dispatches"], params["client"]) == (WORKERS, DISPATCHES, client)
+    assert result["method"]["client_processes"] == processes
+    assert result["dispatches"] == {"requested": DISPATCHES, "created": DISPATCHES, "assigned": DISPATCHES}
+    assert_ms_summary(result["latency_ms"], DISPATCHES)
+    assert_ms_summary(result["create_dispatch_call_ms"], DISPATCHES)
+    assert_ms_summary(result["rtt_ms"]["idle"], RTT_SAMPLES)
+    assert result["rtt_ms"]["loaded"]["n"] >= 1
+    # the assignment arrives after the worker answered an offer: at least one WebSocket round trip later
+    assert result["latency_ms"]["min"] > result["rtt_ms"]["idle"]["min"] / 2
+    assert result["throughput"]["dispatches_per_s"] > 0
+    assert result["throughput"]["phase_seconds"] > 0
+    for name in ("p50_vs_idle_rtt", "p99_vs_idle_rtt", "p50_vs_loaded_rtt", "p99_vs_loaded_rtt"):
+        assert result["ratio"][name] > 0
+    failures = result["failures"]
+    assert (failures["total"], failures["create_errors"], failures["unassigned"]) == (0, 0, 0)
+    assert failures["duplicate_assignments"] == 0
+    workers = result["workers"]
+    assert workers["count"] == WORKERS
+    assert 0 <= workers["jobs_min"] <= workers["jobs_mean"] <= workers["jobs_max"] <= DISPATCHES
+    assert workers["jobs_mean"] == DISPATCHES / WORKERS
+    cpu = result["cpu"]
+    assert cpu["server_cores_used"] > 0 and cpu["clients_cores_used"] > 0
+    assert isinstance(result["targets"]["throughput_ge_2000_per_s"], bool)
+    assert isinstance(result["targets"]["latency_p99_le_3x_idle_rtt_p99"], bool)
+
+
+def test_two_client_processes_raw_twirp_in_process() -> None:
+    settings = DispatchBenchSettings(
+        workers=WORKERS,
+        dispatches=DISPATCHES,
+        concurrency=8,
+        processes=2,
+        client="raw",
+        rtt_samples=RTT_SAMPLES,
+    )
+    result = run_dispatch_bench(settings)
+    assert_sane(result, processes=2, client="raw")
+    json.dumps(result)  # JSON-ready as returned
+
+
+def test_cli_paced_livekit_api_writes_json(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "result.json"
+    args = ["--workers", str(WORKERS), "--dispatches", str(DISPATCHES), "--rtt-samples", str(RTT_SAMPLES)]
+    args += ["--rate", "200", "--json", str(path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentdispatch", "bench", "dispatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(path.read_text())
+    assert_sane(result, processes=1, client="livekit-api")
+    assert result["parameters"]["rate"] == 200
+    # paced: 50 dispatches at 200/s take about 0.25 s to send, not a burst
+    assert result["throughput"]["send_rate_per_s"] < 400
+    assert "dispatch latency" in proc.stdout and str(path) in proc.stdout
+    assert "Warning" not in proc.stderr
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ConfigError):
+        DispatchBenchSettings(processes=3, workers=2)
+    with pytest.raises(ConfigError):
+        DispatchBenchSettings(client="curl")
+    with pytest.raises(ConfigError):
+        DispatchBenchSettings(rate=-1)
+
+
+def test_split_and_percentiles() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    assert sum(split(1001, 4)) == 1001
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    assert summarize_ms([0.001, 0.002, 0.003])["p50"] == pytest.approx(2.0)
