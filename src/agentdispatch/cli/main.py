@@ -8,6 +8,7 @@ from .. import __version__
 from .bench_cmd import bench_group
 from .demo_cmd import demo_command
 from .server_cmd import server_command
+from .worker_cmd import worker_command
 
 
 @click.group()
@@ -17,6 +18,7 @@ def cli() -> None:
 
 
 cli.add_command(server_command)
+cli.add_command(worker_command)
 cli.add_command(bench_group)
 cli.add_command(demo_command)
 

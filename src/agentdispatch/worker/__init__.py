@@ -1,0 +1,55 @@
+"""The worker runtime: options, connection, load, offers, the prewarmed process pool, jobs, drain.
+
+Names are loaded lazily so that a job process (which imports `agentdispatch.worker.child_main`) does not
+pay for the parent-side machinery.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .job import JobContext, JobProcess
+    from .offers import JobRequest
+    from .options import ResolvedOptions, ServerType, WorkerOptions, WorkerPermissions
+    from .room import DataMessage, RoomConnection
+    from .runtime import Worker
+    from .serve import run, serve
+
+_EXPORTS = {
+    "JobContext": ".job",
+    "JobProcess": ".job",
+    "JobRequest": ".offers",
+    "ResolvedOptions": ".options",
+    "ServerType": ".options",
+    "WorkerOptions": ".options",
+    "WorkerPermissions": ".options",
+    "DataMessage": ".room",
+    "RoomConnection": ".room",
+    "Worker": ".runtime",
+    "run": ".serve",
+    "serve": ".serve",
+}
+
+__all__ = [
+    "DataMessage",
+    "JobContext",
+    "JobProcess",
+    "JobRequest",
+    "ResolvedOptions",
+    "RoomConnection",
+    "ServerType",
+    "Worker",
+    "WorkerOptions",
+    "WorkerPermissions",
+    "run",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

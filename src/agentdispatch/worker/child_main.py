@@ -1,0 +1,221 @@
+"""Main of a job process: prewarm once, wait for one job, run it, report, exit.
+
+Started by `SupervisedProc` through multiprocessing (forkserver or spawn). A reader thread owns the pipe
+to the worker: it delivers messages, and when the pipe reaches EOF or the worker pid disappears it kills
+this process's own children and exits at once (children never outlive their worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .ipc import (
+    ChildConfig,
+    ChildMessage,
+    InitDone,
+    JobEnded,
+    JobStarted,
+    LogEntry,
+    ParentMessage,
+    ShutdownRequest,
+    StartJob,
+    format_error,
+)
+from .refs import load_ref
+
+PARENT_CHECK_INTERVAL = 1.0
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class Channel:
+    """The child's sending side of the pipe; safe to use from any thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, msg: ChildMessage) -> None:
+        with self._lock:
+            self._conn.send(msg)
+
+
+class Inbox:
+    """Reads the pipe in a thread; hands messages to the job's event loop once one is attached."""
+
+    def __init__(self, conn: Connection, parent_pid: int) -> None:
+        self._conn = conn
+        self._parent_pid = parent_pid
+        self._queue: queue.SimpleQueue[ParentMessage] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, Callable[[ParentMessage], None]] | None = None
+        threading.Thread(target=self._run, name="worker-pipe", daemon=True).start()
+
+    def get(self) -> ParentMessage:
+        return self._queue.get()
+
+    def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[ParentMessage], None]) -> None:
+        with self._lock:
+            self._target = (loop, handler)
+            while not self._queue.empty():
+                loop.call_soon_threadsafe(handler, self._queue.get())
+
+    def _deliver(self, msg: ParentMessage) -> None:
+        with self._lock:
+            if self._target is None:
+                self._queue.put(msg)
+                return
+            loop, handler = self._target
+        with contextlib.suppress(RuntimeError):  # loop already closed: the job is ending anyway
+            loop.call_soon_threadsafe(handler, msg)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._conn.poll(PARENT_CHECK_INTERVAL):
+                    self._deliver(self._conn.recv())
+                elif not _alive(self._parent_pid):
+                    break
+        except (EOFError, OSError):
+            pass
+        _orphaned(self._parent_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid now belongs to someone else
+        return False
+    return True
+
+
+def _orphaned(parent_pid: int) -> None:
+    """The worker is gone: take our own children down and exit immediately."""
+    with contextlib.suppress(OSError):
+        os.write(
+            2, f"agentdispatch job process {os.getpid()}: worker {parent_pid} is gone, exiting\n".encode()
+        )
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    except ImportError:
+        pass
+    os._exit(1)
+
+
+class PipeLogHandler(logging.Handler):
+    """Forwards log records to the worker, which re-emits them with job_id and pid attached."""
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extra = {
+                k: v
+                for k, v in record.__dict__.items()
+                if k not in _STANDARD_ATTRS and isinstance(v, str | int | float | bool)
+            }
+            exc_text = ""
+            if record.exc_info:
+                exc_text = logging.Formatter().formatException(record.exc_info)
+            entry = LogEntry(
+                record.name, record.levelno, record.getMessage(), record.created, exc_text, extra
+            )
+            self._channel.send(entry)
+        except (OSError, ValueError, TypeError):
+            self.handleError(record)
+
+
+def _setup(config: ChildConfig, channel: Channel) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the worker decides
+    for path in config.sys_path:
+        if path not in sys.path:
+            sys.path.append(path)
+    root = logging.getLogger()
+    root.handlers[:] = [PipeLogHandler(channel)]
+    root.setLevel(config.log_level)
+
+
+def _prewarm(config: ChildConfig, proc: Any) -> Callable[..., Any]:
+    entrypoint = load_ref(config.entrypoint)
+    if config.prewarm is not None:
+        result = load_ref(config.prewarm)(proc)
+        if inspect.isawaitable(result):
+            asyncio.run(_await(result))
+    return entrypoint
+
+
+async def _await(result: Any) -> None:
+    await result
+
+
+async def _run(
+    entrypoint: Callable[..., Any], proc: Any, start: StartJob, channel: Channel, inbox: Inbox
+) -> None:
+    from livekit.protocol import agent
+
+    from .job import JobContext, run_job
+
+    job = agent.Job()
+    job.ParseFromString(start.job)
+    ctx = JobContext(
+        job=job, proc=proc, worker_id=start.worker_id, url=start.url, token=start.token, accept=start.accept
+    )
+
+    def on_message(msg: ParentMessage) -> None:
+        if isinstance(msg, ShutdownRequest):
+            ctx.shutdown(msg.reason)
+
+    inbox.attach(asyncio.get_running_loop(), on_message)
+    channel.send(JobStarted())
+    error = await run_job(ctx, entrypoint)
+    channel.send(JobEnded(error=error, reason=ctx.shutdown_reason))
+
+
+def main(conn: Connection, config: ChildConfig) -> None:
+    channel = Channel(conn)
+    _setup(config, channel)
+    inbox = Inbox(conn, config.parent_pid)
+    from .job import JobProcess
+
+    proc = JobProcess()
+    try:
+        entrypoint = _prewarm(config, proc)
+    except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported, then we exit
+        channel.send(InitDone(error=format_error(exc)))
+        _exit(1)
+    channel.send(InitDone())
+    msg = inbox.get()
+    if isinstance(msg, StartJob):
+        asyncio.run(_run(entrypoint, proc, msg, channel, inbox))
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """Exit now: the job is over, lingering user threads must not keep the process alive."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

@@ -1,0 +1,154 @@
+"""Running jobs on the worker side: take a prewarmed process, launch, report RUNNING, report the end.
+
+Each job holds a slot from acceptance until its process has exited; the final status (JS_SUCCESS, or
+JS_FAILED with the error text) is handed to `report` before the slot is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from livekit.protocol import agent
+
+from ..protocol import TaskSet, WorkerError
+from .ipc import AcceptArguments, StartJob
+from .offers import SlotTable
+from .proc_pool import ProcPool
+from .supervised import InitError, SupervisedProc
+
+log = logging.getLogger("agentdispatch.worker.jobs")
+
+JS_RUNNING = agent.JobStatus.JS_RUNNING
+JS_SUCCESS = agent.JobStatus.JS_SUCCESS
+JS_FAILED = agent.JobStatus.JS_FAILED
+
+Reporter = Callable[[agent.UpdateJobStatus], Awaitable[None]]
+
+
+@dataclass
+class RunningJob:
+    job: agent.Job
+    accept: AcceptArguments
+    proc: SupervisedProc | None = None
+    status: int = agent.JobStatus.JS_PENDING
+    stop_reason: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    def info(self) -> dict[str, object]:
+        return {
+            "id": self.job.id,
+            "room": self.job.room.name,
+            "status": agent.JobStatus.Name(self.status),
+            "pid": self.proc.pid if self.proc else None,
+            "stopping": bool(self.stop_reason),
+        }
+
+
+class JobManager:
+    def __init__(
+        self, pool: ProcPool, slots: SlotTable, report: Reporter, on_change: Callable[[], None]
+    ) -> None:
+        self._pool = pool
+        self._slots = slots
+        self._report = report
+        self._on_change = on_change
+        self._jobs: dict[str, RunningJob] = {}
+        self._tasks = TaskSet("jobs")
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def ids(self) -> list[str]:
+        return list(self._jobs)
+
+    def jobs(self) -> list[RunningJob]:
+        return list(self._jobs.values())
+
+    def start(self, job: agent.Job, url: str, token: str, worker_id: str, accept: AcceptArguments) -> None:
+        rj = RunningJob(job, accept)
+        self._jobs[job.id] = rj
+        self._empty.clear()
+        start = StartJob(job.SerializeToString(), url, token, worker_id, accept)
+        self._tasks.spawn(self._run(rj, start), f"job:{job.id}")
+
+    async def _run(self, rj: RunningJob, start: StartJob) -> None:
+        extra = {"job_id": rj.id, "room": rj.job.room.name}
+        try:
+            proc = await self._pool.acquire()
+        except InitError as exc:
+            await self._finish(rj, JS_FAILED, f"no job process could be started: {exc}")
+            return
+        rj.proc = proc
+        try:
+            proc.launch(start, rj.id)
+        except WorkerError as exc:
+            await self._finish(rj, JS_FAILED, f"job process unusable: {exc}")
+            return
+        if rj.stop_reason:
+            proc.request_shutdown(rj.stop_reason)
+        if await proc.wait_started():
+            rj.status = JS_RUNNING
+            log.info("job running", extra={**extra, "pid": proc.pid})
+            await self._report(agent.UpdateJobStatus(job_id=rj.id, status=JS_RUNNING))
+        result = await proc.wait_exit()
+        if result.error:
+            log.warning("job failed: %s", result.error.splitlines()[0], extra={**extra, "pid": proc.pid})
+            await self._finish(rj, JS_FAILED, result.error)
+        else:
+            log.info("job ended (%s)", result.reason or "done", extra={**extra, "pid": proc.pid})
+            await self._finish(rj, JS_SUCCESS, "")
+
+    async def _finish(self, rj: RunningJob, status: int, error: str) -> None:
+        rj.status = status
+        try:
+            await self._report(agent.UpdateJobStatus(job_id=rj.id, status=status, error=error))  # type: ignore[arg-type]
+        finally:
+            self._jobs.pop(rj.id, None)
+            self._slots.release(rj.id)
+            if not self._jobs:
+                self._empty.set()
+            self._on_change()
+
+    def terminate(self, job_id: str, reason: str) -> bool:
+        rj = self._jobs.get(job_id)
+        if rj is None:
+            return False
+        self._stop(rj, reason)
+        return True
+
+    def _stop(self, rj: RunningJob, reason: str) -> None:
+        if not rj.stop_reason:
+            rj.stop_reason = reason
+        if rj.proc is not None:
+            rj.proc.request_shutdown(reason)
+
+    def shutdown_all(self, reason: str) -> None:
+        for rj in list(self._jobs.values()):
+            self._stop(rj, reason)
+
+    def kill_all(self) -> None:
+        for rj in list(self._jobs.values()):
+            if rj.proc is not None:
+                rj.proc.kill_now()
+
+    async def wait_empty(self, timeout: float | None = None) -> bool:
+        """True once no job is left (False on timeout)."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await self._tasks.aclose()

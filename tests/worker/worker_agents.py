@@ -1,0 +1,95 @@
+"""Entrypoints and prewarm functions run inside real job processes by the worker tests.
+
+Jobs report what they saw by writing JSON to the file named in the dispatch metadata ({"out": path}).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agentdispatch import JobContext, JobProcess
+
+
+def record(ctx: JobContext, **data: Any) -> None:
+    meta = json.loads(ctx.job.metadata or "{}")
+    out = meta.get("out")
+    if out:
+        tmp = Path(out + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "job_id": ctx.job.id, **data}))
+        tmp.replace(out)
+
+
+def prewarm_userdata(proc: JobProcess) -> None:
+    proc.userdata["prewarmed_in"] = proc.pid
+    proc.userdata["model"] = "loaded"
+
+
+def prewarm_hang(proc: JobProcess) -> None:
+    time.sleep(3600)
+
+
+async def entry_record(ctx: JobContext) -> None:
+    record(ctx, userdata=dict(ctx.proc.userdata), worker_id=ctx.worker_id, room=ctx.room.name)
+
+
+async def entry_wait(ctx: JobContext) -> None:
+    """Runs until the worker asks it to stop."""
+    record(ctx, state="running")
+    reason = await ctx.wait_for_shutdown()
+    record(ctx, state="stopped", reason=reason)
+
+
+async def entry_sleep(ctx: JobContext) -> None:
+    """Runs for metadata["seconds"], then ends on its own."""
+    seconds = float(json.loads(ctx.job.metadata or "{}").get("seconds", 1.0))
+    record(ctx, state="running")
+    await asyncio.sleep(seconds)
+    record(ctx, state="finished")
+
+
+async def entry_crash(ctx: JobContext) -> None:
+    raise RuntimeError("kaboom: the agent crashed on purpose")
+
+
+async def entry_ignore_shutdown(ctx: JobContext) -> None:
+    """Ignores the shutdown request and SIGTERM: only SIGKILL stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    record(ctx, state="ignoring")
+    while True:
+        time.sleep(1)  # blocks the event loop: the shutdown request is never processed
+
+
+HOG = (
+    "import os, sys, time\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "block = b'x' * (int(sys.argv[2]) << 20)\n"
+    "time.sleep(60)\n"
+)
+SPAWN_GRANDCHILD = (
+    "import signal, subprocess, sys\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]]).wait()\n"
+)
+
+
+async def entry_memory_hog(ctx: JobContext) -> None:
+    """Starts a child whose own child allocates metadata["mb"] MB after metadata["delay"] s; ignores shutdown."""
+    meta = json.loads(ctx.job.metadata or "{}")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPAWN_GRANDCHILD, HOG, str(meta.get("delay", 1.0)), str(meta.get("mb", 300))]
+    )
+    record(ctx, state="spawned", child=child.pid)
+    child.wait()  # blocking: the graceful request cannot be handled
+
+
+async def entry_noop(ctx: JobContext) -> None:
+    return None
