@@ -225,9 +225,9 @@ async def start_worker(server: DispatchServer) -> AsyncIterator[Callable[..., An
         return worker
 
     yield factory
-    for worker, task in running:
+    for worker, _ in running:
         worker.stop()
-    for worker, task in running:
+    for _, task in running:
         with contextlib.suppress(WorkerError):  # tests of fatal errors judged it already
             await asyncio.wait_for(asyncio.shield(task), 30)
     await assert_no_leaks()

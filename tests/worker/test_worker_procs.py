@@ -1,4 +1,4 @@
-"""Job processes for real: prewarmed pool, userdata, init timeout + backoff, crash, kill escalation, memory."""
+"""Real job processes: prewarmed pool, userdata, init timeout + backoff, crash, kill escalation, memory."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ from typing import Any
 
 import psutil
 import pytest
+from livekit import api
+from livekit.protocol import agent
+
+from agentdispatch.worker.ipc import ChildConfig
+from agentdispatch.worker.proc_pool import BackoffPolicy, ProcPool
+from agentdispatch.worker.refs import FunctionRef
+from agentdispatch.worker.supervised import ProcSettings, SupervisedProc
 from conftest import (
     FAST,
     assert_no_leaks,
@@ -19,13 +26,6 @@ from conftest import (
     wait_record,
     wait_until,
 )
-from livekit import api
-from livekit.protocol import agent
-
-from agentdispatch.worker.ipc import ChildConfig
-from agentdispatch.worker.proc_pool import BackoffPolicy, ProcPool
-from agentdispatch.worker.refs import FunctionRef
-from agentdispatch.worker.supervised import ProcSettings, SupervisedProc
 
 JS_RUNNING = agent.JobStatus.JS_RUNNING
 JS_SUCCESS = agent.JobStatus.JS_SUCCESS
@@ -76,7 +76,9 @@ async def test_job_ignoring_shutdown_is_sigkilled_after_timeout_and_its_pid_is_g
 ) -> None:
     caplog.set_level(logging.INFO, "agentdispatch")
     await start_worker(
-        agent_name="stubborn", entrypoint_fnc="worker_agents:entry_ignore_shutdown", shutdown_process_timeout=0.5
+        agent_name="stubborn",
+        entrypoint_fnc="worker_agents:entry_ignore_shutdown",
+        shutdown_process_timeout=0.5,
     )
     out = out_file("stubborn")
     dispatch_id = await dispatch(lkapi, "room-stubborn", "stubborn", out=out)
@@ -109,7 +111,9 @@ async def test_memory_limit_over_a_grandchild_stops_gracefully_then_by_force(
     await dispatch(lkapi, "room-hog", "hog", out=out, delay=1.5, mb=400)
     rec = await wait_record(out)
     job_pid, child_pid = rec["pid"], rec["child"]
-    tree = await wait_until(lambda: len(psutil.Process(job_pid).children(recursive=True)) >= 2, 5, "grandchild")
+    tree = await wait_until(
+        lambda: len(psutil.Process(job_pid).children(recursive=True)) >= 2, 5, "grandchild"
+    )
     assert tree
     pids = [job_pid] + [p.pid for p in psutil.Process(job_pid).children(recursive=True)]
     assert child_pid in pids
@@ -156,7 +160,13 @@ async def test_init_timeout_kills_the_process_and_backs_off(caplog: pytest.LogCa
     assert pool.stats.spawned <= pool.stats.init_failures + 1
     pids = [p.pid for p in spawned if p.pid is not None]
     assert len(pids) >= 3 and all(pid_gone(pid) for pid in pids)
-    assert sum("did not initialize within 0.3s, killing it" in m for m in messages(caplog, "agentdispatch.worker.proc")) >= 3
+    assert (
+        sum(
+            "did not initialize within 0.3s, killing it" in m
+            for m in messages(caplog, "agentdispatch.worker.proc")
+        )
+        >= 3
+    )
     await assert_no_leaks()
 
 
@@ -185,7 +195,9 @@ async def test_idle_pool_shrinks_when_load_is_high(start_worker: Any) -> None:
         ready=3,
     )
     level["value"] = 0.9
-    await wait_until(lambda: worker.pool.target == 1 and worker.pool.idle_count == 1, 10, "pool to shrink to 1")
+    await wait_until(
+        lambda: worker.pool.target == 1 and worker.pool.idle_count == 1, 10, "pool to shrink to 1"
+    )
     level["value"] = 0.1
     await asyncio.wait_for(worker.pool.wait_ready(3), 10)
     assert FAST.load_interval < 1  # the shrink above was driven by the load loop, not by a job

@@ -64,7 +64,7 @@ async def entry_ignore_shutdown(ctx: JobContext) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     record(ctx, state="ignoring")
     while True:
-        time.sleep(1)  # blocks the event loop: the shutdown request is never processed
+        time.sleep(1)  # noqa: ASYNC251 - on purpose: the shutdown request is never processed
 
 
 HOG = (
@@ -81,10 +81,10 @@ SPAWN_GRANDCHILD = (
 
 
 async def entry_memory_hog(ctx: JobContext) -> None:
-    """Starts a child whose own child allocates metadata["mb"] MB after metadata["delay"] s; ignores shutdown."""
+    """A child whose own child allocates metadata["mb"] MB after metadata["delay"] s; ignores shutdown."""
     meta = json.loads(ctx.job.metadata or "{}")
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    child = subprocess.Popen(
+    child = subprocess.Popen(  # noqa: ASYNC220 - on purpose: blocks like a misbehaving agent
         [sys.executable, "-c", SPAWN_GRANDCHILD, HOG, str(meta.get("delay", 1.0)), str(meta.get("mb", 300))]
     )
     record(ctx, state="spawned", child=child.pid)

@@ -237,10 +237,8 @@ class LoadMonitor:
             raw = await asyncio.wait_for(self._invoke(), self._timeout)
         except TimeoutError:
             return LoadReading(1.0, LoadProblem.TIMEOUT)
-        except Exception as exc:
-            if LoadProblem.RAISED not in self._logged:
-                log.error("load_fnc raised %r", exc, exc_info=exc)
-            return LoadReading(1.0, LoadProblem.RAISED)
+        except Exception as exc:  # noqa: BLE001 - user code: logged once by sample(), counted as full
+            return LoadReading(1.0, LoadProblem.RAISED, exc)
         return classify(raw)
 
     async def _invoke(self) -> Any:

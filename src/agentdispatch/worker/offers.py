@@ -161,6 +161,7 @@ async def decide(
             request._expire("request_fnc did not answer")
         else:
             task.cancel()
+            await asyncio.wait({task}, timeout=1.0)  # let its cleanup run; never wait long for user code
             log.warning(
                 "request_fnc did not answer within %gs; declining the job",
                 timeout,
