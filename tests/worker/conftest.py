@@ -216,6 +216,7 @@ async def start_worker(server: DispatchServer) -> AsyncIterator[Callable[..., An
         worker = Worker(WorkerOptions(**kw).resolve(production=production), tuning)
         task = asyncio.get_running_loop().create_task(worker.run(), name="test-worker")
         running.append((worker, task))
+        worker.test_task = task  # type: ignore[attr-defined]
         if registered:
             await wait_until(lambda: worker.conn.connected or task.done(), 10, "worker registration")
             if task.done():

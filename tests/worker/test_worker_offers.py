@@ -9,13 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from conftest import JobWatch, wait_until
 from livekit.protocol import agent, models
 
 from agentdispatch import JobRequest
 from agentdispatch.protocol import TaskSet, WorkerError
 from agentdispatch.worker.offers import SlotTable, decide
 from agentdispatch.worker.runtime import Worker
+from conftest import JobWatch, wait_until
 
 JS_FAILED = agent.JobStatus.JS_FAILED
 JS_RUNNING = agent.JobStatus.JS_RUNNING
@@ -95,7 +95,9 @@ async def test_request_fnc_raising_or_not_answering_declines(caplog: pytest.LogC
         return None
 
     assert (await decide(JobRequest(agent.Job(id="AJ_b")), boom, 1.0, tasks)).why == "request_fnc raised"
-    assert (await decide(JobRequest(agent.Job(id="AJ_s")), silent, 1.0, tasks)).why == "request_fnc did not answer"
+    assert (
+        await decide(JobRequest(agent.Job(id="AJ_s")), silent, 1.0, tasks)
+    ).why == "request_fnc did not answer"
     assert any("request_fnc raised KeyError('oops')" in r.getMessage() for r in caplog.records)
     await tasks.aclose()
 
@@ -108,19 +110,25 @@ async def test_fifty_simultaneous_offers_with_max_jobs_five_accept_exactly_five(
         agent_name="burst", entrypoint_fnc="worker_agents:entry_wait", max_jobs=5, num_idle_processes=2
     )
     await asyncio.gather(*(simulate(worker, f"burst-{i}") for i in range(50)))
-    await wait_until(lambda: worker.offers.accepted + sum(worker.offers.declined.values()) == 50, 10, "50 answers")
+    await wait_until(
+        lambda: worker.offers.accepted + sum(worker.offers.declined.values()) == 50, 10, "50 answers"
+    )
     assert worker.offers.accepted == 5
     assert worker.offers.declined == {"at max_jobs": 45}
     await wait_until(lambda: len(jobs.with_status(JS_RUNNING)) == 5, 15, "5 running jobs")
     await wait_until(lambda: len(jobs.with_status(JS_FAILED)) == 45, 5, "45 refused jobs")
     assert all(j.state.error == NOT_ACCEPTED for j in jobs.with_status(JS_FAILED))
     assert worker.slots.used == 5 and len(worker.jobs) == 5
-    await wait_until(lambda: [j["status"] for j in worker.info()["jobs"]] == ["JS_RUNNING"] * 5, 15, "5 started")
+    await wait_until(
+        lambda: [j["status"] for j in worker.info()["jobs"]] == ["JS_RUNNING"] * 5, 15, "5 started"
+    )
     assert len({j["pid"] for j in worker.info()["jobs"]}) == 5  # one process per job
     assert worker.status == WS_FULL
 
 
-async def test_request_fnc_that_hangs_is_declined_and_its_slot_released(start_worker: Any, jobs: JobWatch) -> None:
+async def test_request_fnc_that_hangs_is_declined_and_its_slot_released(
+    start_worker: Any, jobs: JobWatch
+) -> None:
     async def request_fnc(req: JobRequest) -> None:
         if req.room.name.startswith("hang"):
             await asyncio.sleep(3600)
@@ -140,7 +148,9 @@ async def test_request_fnc_that_hangs_is_declined_and_its_slot_released(start_wo
     assert worker.offers.declined == {"request_fnc timed out after 0.2s": 1}
     assert worker.slots.used == 0 and worker.status == WS_AVAILABLE
     await simulate(worker, "ok-1")  # the released slot takes the next job
-    await wait_until(lambda: any(j.state.status == JS_RUNNING for j in jobs_in(jobs, "ok-1")), 10, "ok-1 running")
+    await wait_until(
+        lambda: any(j.state.status == JS_RUNNING for j in jobs_in(jobs, "ok-1")), 10, "ok-1 running"
+    )
     assert worker.offers.accepted == 1
 
 
@@ -190,7 +200,9 @@ async def test_bad_load_fnc_keeps_the_worker_up_with_status_and_answers_agreeing
 
     await simulate(worker, f"probe-{kind}")
     expected = JS_FAILED if full else JS_SUCCESS
-    await wait_until(lambda: [j.state.status for j in jobs_in(jobs, "probe-")] == [expected], 10, "the answer")
+    await wait_until(
+        lambda: [j.state.status for j in jobs_in(jobs, "probe-")] == [expected], 10, "the answer"
+    )
     assert (worker.offers.accepted, sum(worker.offers.declined.values())) == ((0, 1) if full else (1, 0))
 
     samples = worker.load.samples

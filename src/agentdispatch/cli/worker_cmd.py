@@ -102,6 +102,9 @@ def run_app(options: WorkerOptions, argv: Sequence[str] | None = None) -> None:
 
 def options_from_file(path: Path) -> WorkerOptions:
     """A module's `worker_options` (WorkerOptions), or one built from its `entrypoint` (and `prewarm`)."""
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # as `python agent.py` would: sibling modules import
     try:
         module = load_module_from_path(str(path))
     except (OSError, SyntaxError, ImportError) as exc:
