@@ -268,5 +268,5 @@ async def test_silent_worker_is_closed(harness: Any, make_token: MakeToken) -> N
     worker_id = decode_server_message((await ws.receive(timeout=3)).data).register.worker_id
     code, reason, _ = await harness.read_until_close(ws)
     assert code == POLICY_VIOLATION
-    assert "no frame within" in reason
+    assert "liveness" in reason and "not received within" in reason
     await harness.wait_for(lambda: harness.server.registry.get(worker_id) is None, what="worker removed")

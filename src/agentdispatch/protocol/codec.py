@@ -23,7 +23,8 @@ def decode_worker_message(data: bytes | str) -> tuple[agent.WorkerMessage, Encod
     msg = agent.WorkerMessage()
     if isinstance(data, str):
         try:
-            json_format.Parse(data, msg, ignore_unknown_fields=True)
+            # strict like LiveKit's protojson: unknown fields and enum names are errors
+            json_format.Parse(data, msg)
         except json_format.ParseError as exc:
             raise ProtocolError(f"invalid JSON frame: {exc}") from None
         encoding = Encoding.JSON

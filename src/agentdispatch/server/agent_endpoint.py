@@ -55,12 +55,14 @@ class AgentEndpoint:
                 await ws.close()
         return ws
 
-    async def _receive(self, session: WorkerSession, wait: float | None) -> agent.WorkerMessage | None:
+    async def _receive(
+        self, session: WorkerSession, wait: float | None, expected: str
+    ) -> agent.WorkerMessage | None:
         ws = session.ws
         try:
             frame = await ws.receive(timeout=wait)
         except TimeoutError:
-            raise ProtocolError(f"no frame within {wait:g}s") from None
+            raise ProtocolError(f"{expected} not received within {wait:g}s") from None
         if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return None
         if frame.type == aiohttp.WSMsgType.ERROR:
@@ -79,10 +81,11 @@ class AgentEndpoint:
         cfg = self._server.config
         deadline = self._server.clock.monotonic() + cfg.register_timeout
         while session.state is SessionState.CONNECTED:
+            expected = f"register (deadline {cfg.register_timeout:g}s)"
             remaining = deadline - self._server.clock.monotonic()
             if remaining <= 0:
-                raise ProtocolError(f"register not received within {cfg.register_timeout:g}s")
-            msg = await self._receive(session, remaining)
+                raise ProtocolError(f"{expected} not received in time")
+            msg = await self._receive(session, remaining, expected)
             if msg is None:
                 return
             which = msg.WhichOneof("message")
@@ -94,7 +97,7 @@ class AgentEndpoint:
                 raise ProtocolError(f"first message must be register, got {which}")
         liveness = 3 * session.registration.ping_interval
         while True:
-            msg = await self._receive(session, liveness)
+            msg = await self._receive(session, liveness, "any frame (liveness: 3 x ping interval)")
             if msg is None:
                 return
             await self._handle(session, msg)

@@ -173,6 +173,12 @@ class Dispatcher:
     # -- worker answers -----------------------------------------------------------------------
     async def on_availability(self, worker: WorkerSession, resp: agent.AvailabilityResponse) -> None:
         pj = self._pending.get(resp.job_id)
+        if pj is None and resp.job_id in worker.active_jobs:
+            log.info(
+                "repeated answer for a job this worker runs",
+                extra={"job_id": resp.job_id, "worker_id": worker.id},
+            )
+            return
         if pj is None or pj.offered_to is not worker:
             # late or unknown answer: the job went elsewhere, ended, or never existed
             log.info(
@@ -277,9 +283,7 @@ class Dispatcher:
         job.state.error = f"restart {restarts + 1}/{self._config.max_restarts}: {error}"
         job.state.reason = agent.JobStateReason.JSR_RETRYING
         job.state.worker_id = ""
-        log.warning(
-            "restarting job", extra={"job_id": job.id, "worker_id": failed_worker_id, "error": error}
-        )
+        log.warning("restarting job", extra={"job_id": job.id, "worker_id": failed_worker_id, "error": error})
         try:
             pj = await self._admit(job, None, resuming=True)
         except TwirpError:

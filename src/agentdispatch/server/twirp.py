@@ -27,12 +27,14 @@ JSON = "application/json"
 PROTOBUF = "application/protobuf"
 
 Grants = api.VideoGrants
-Handler = Callable[[Any, Grants], Awaitable[Message]]
+Handler = Callable[[Any], Awaitable[Message]]
+Authorize = Callable[[Any, Grants], None]
 
 
 @dataclass(frozen=True)
 class Method:
     request_type: type[Message]
+    authorize: Authorize
     handler: Handler
     #: a repeated request id replays the first answer instead of acting twice
     idempotent: bool = False
@@ -60,23 +62,26 @@ class TwirpServices:
     def __init__(self, server: DispatchServer) -> None:
         self._server = server
         self._replays = IdempotencyCache(clock=server.clock)
+        rooms_create: Authorize = lambda req, g: require(g, create=True)  # noqa: E731
+        rooms_list: Authorize = lambda req, g: require(g, list_=True)  # noqa: E731
+        room_admin: Authorize = lambda req, g: require(g, admin_room=req.room)  # noqa: E731
         self._methods: dict[str, Method] = {
-            "livekit.RoomService/CreateRoom": Method(room.CreateRoomRequest, self.create_room),
-            "livekit.RoomService/ListRooms": Method(room.ListRoomsRequest, self.list_rooms),
-            "livekit.RoomService/DeleteRoom": Method(room.DeleteRoomRequest, self.delete_room),
+            "livekit.RoomService/CreateRoom": Method(room.CreateRoomRequest, rooms_create, self.create_room),
+            "livekit.RoomService/ListRooms": Method(room.ListRoomsRequest, rooms_list, self.list_rooms),
+            "livekit.RoomService/DeleteRoom": Method(room.DeleteRoomRequest, rooms_create, self.delete_room),
             "livekit.AgentDispatchService/CreateDispatch": Method(
-                agent_dispatch.CreateAgentDispatchRequest, self.create_dispatch, idempotent=True
+                agent_dispatch.CreateAgentDispatchRequest, room_admin, self.create_dispatch, idempotent=True
             ),
             "livekit.AgentDispatchService/DeleteDispatch": Method(
-                agent_dispatch.DeleteAgentDispatchRequest, self.delete_dispatch
+                agent_dispatch.DeleteAgentDispatchRequest, room_admin, self.delete_dispatch
             ),
             "livekit.AgentDispatchService/ListDispatch": Method(
-                agent_dispatch.ListAgentDispatchRequest, self.list_dispatch
+                agent_dispatch.ListAgentDispatchRequest, room_admin, self.list_dispatch
             ),
         }
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/twirp/{service}/{method}", self.handle)]
+        return [web.route("*", "/twirp/{service}/{method}", self.handle)]
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
@@ -89,6 +94,8 @@ class TwirpServices:
         method = self._methods.get(path)
         if method is None:
             raise TwirpError("bad_route", f"no such method {path}")
+        if request.method != "POST":
+            raise TwirpError("bad_route", f"{path} accepts POST only, got {request.method}")
         try:
             claims = self._server.keys.verify(bearer_token(request.headers, request.query))
         except AuthError as exc:
@@ -110,16 +117,19 @@ class TwirpServices:
                 req.ParseFromString(body)
         except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
             raise TwirpError("malformed", f"cannot decode {req.DESCRIPTOR.name}: {exc}") from None
-        key = request_key(path, request.headers) if method.idempotent else None
-        resp = await self._replays.run(key, lambda: method.handler(req, grants))
+        method.authorize(req, grants)  # before any replay: a cached answer is no way around grants
+        key = None
+        if method.idempotent:
+            # scoped to the room: only callers already allowed in that room can ever share an answer
+            key = request_key(f"{path}|{getattr(req, 'room', '')}", request.headers)
+        resp = await self._replays.run(key, lambda: method.handler(req))
         if content_type == JSON:
             text = json_format.MessageToJson(resp, indent=None, preserving_proto_field_name=True)
             return web.Response(text=text, content_type=JSON)
         return web.Response(body=resp.SerializeToString(), content_type=PROTOBUF)
 
     # -- RoomService -----------------------------------------------------------------------------
-    async def create_room(self, req: room.CreateRoomRequest, grants: Grants) -> Message:
-        require(grants, create=True)
+    async def create_room(self, req: room.CreateRoomRequest) -> Message:
         spec = RoomSpec(
             name=req.name,
             empty_timeout=req.empty_timeout,
@@ -131,20 +141,15 @@ class TwirpServices:
         created, _ = await self._server.rooms.create_room(spec)
         return created
 
-    async def list_rooms(self, req: room.ListRoomsRequest, grants: Grants) -> Message:
-        require(grants, list_=True)
+    async def list_rooms(self, req: room.ListRoomsRequest) -> Message:
         return room.ListRoomsResponse(rooms=await self._server.rooms.list_rooms(list(req.names)))
 
-    async def delete_room(self, req: room.DeleteRoomRequest, grants: Grants) -> Message:
-        require(grants, create=True)
+    async def delete_room(self, req: room.DeleteRoomRequest) -> Message:
         await self._server.rooms.delete_room(req.room)
         return room.DeleteRoomResponse()
 
     # -- AgentDispatchService --------------------------------------------------------------------
-    async def create_dispatch(
-        self, req: agent_dispatch.CreateAgentDispatchRequest, grants: Grants
-    ) -> Message:
-        require(grants, admin_room=req.room)
+    async def create_dispatch(self, req: agent_dispatch.CreateAgentDispatchRequest) -> Message:
         spec = DispatchSpec(
             agent_name=req.agent_name,
             metadata=req.metadata,
@@ -154,13 +159,9 @@ class TwirpServices:
         )
         return await self._server.rooms.create_dispatch(req.room, spec)
 
-    async def delete_dispatch(
-        self, req: agent_dispatch.DeleteAgentDispatchRequest, grants: Grants
-    ) -> Message:
-        require(grants, admin_room=req.room)
+    async def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest) -> Message:
         return await self._server.rooms.delete_dispatch(req.room, req.dispatch_id)
 
-    async def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest, grants: Grants) -> Message:
-        require(grants, admin_room=req.room)
+    async def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest) -> Message:
         dispatches = await self._server.rooms.list_dispatches(req.room, req.dispatch_id)
         return agent_dispatch.ListAgentDispatchResponse(agent_dispatches=dispatches)
