@@ -1,5 +1,4 @@
-"""An agent file run as a real program by the CLI tests (`python cli_agent.py start`, `agentdispatch worker`).
-"""
+"""An agent file run as a real program by the CLI tests (`python cli_agent.py start`)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -201,3 +203,54 @@ async def test_idle_pool_shrinks_when_load_is_high(start_worker: Any) -> None:
     level["value"] = 0.1
     await asyncio.wait_for(worker.pool.wait_ready(3), 10)
     assert FAST.load_interval < 1  # the shrink above was driven by the load loop, not by a job
+
+
+async def test_job_logs_reach_the_worker_with_job_id_and_pid(
+    start_worker: Any, lkapi: api.LiveKitAPI, out_file: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "test.agent")
+    await start_worker(agent_name="logs", entrypoint_fnc="worker_agents:entry_record", ready=1)
+    out = out_file("logs")
+    await dispatch(lkapi, "room-logs", "logs", out=out)
+    rec = await wait_record(out)
+    record = await wait_until(
+        lambda: next((r for r in caplog.records if r.name == "test.agent"), None), 5, "log"
+    )
+    assert record.getMessage() == "recording job"
+    assert (record.job_id, record.pid, record.marker) == (rec["job_id"], rec["pid"], "from-the-job")  # type: ignore[attr-defined]
+
+
+async def test_shutdown_callbacks_run_with_the_reason(
+    start_worker: Any, lkapi: api.LiveKitAPI, out_file: Any
+) -> None:
+    await start_worker(agent_name="cb", entrypoint_fnc="worker_agents:entry_with_callbacks")
+    out = out_file("cb")
+    dispatch_id = await dispatch(lkapi, "room-cb", "cb", out=out)
+    await wait_record(out)
+    await listed_status(lkapi, "room-cb", JS_RUNNING)
+    await lkapi.agent_dispatch.delete_dispatch(dispatch_id, "room-cb")
+    path = Path(out + ".callbacks")
+    await wait_until(path.exists, 10, "the callbacks to run")
+    assert json.loads(path.read_text()) == ["sync:terminated by the server", "async"]
+
+
+async def test_participant_workers_get_one_job_per_participant(
+    start_worker: Any, lkapi: api.LiveKitAPI, server: Any, out_file: Any
+) -> None:
+    import aiohttp
+
+    from agentdispatch import ServerType
+
+    await start_worker(
+        agent_name="per-user", entrypoint_fnc="worker_agents:entry_record", server_type=ServerType.PARTICIPANT
+    )
+    out = out_file("participant")
+    await dispatch(lkapi, "room-people", "per-user", out=out)
+    grants = api.VideoGrants(room_join=True, room="room-people")
+    token = api.AccessToken("devkey", "secret").with_identity("bob").with_grants(grants).to_jwt()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.ws_url}/presence?access_token={token}"),
+    ):
+        rec = await wait_record(out)
+    assert (rec["participant"], rec["job_type"]) == ("bob", agent.JobType.JT_PARTICIPANT)

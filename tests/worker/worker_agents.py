@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -37,7 +38,35 @@ def prewarm_hang(proc: JobProcess) -> None:
 
 
 async def entry_record(ctx: JobContext) -> None:
-    record(ctx, userdata=dict(ctx.proc.userdata), worker_id=ctx.worker_id, room=ctx.room.name)
+    participant = ctx.participant.identity if ctx.participant is not None else None
+    logging.getLogger("test.agent").info("recording job", extra={"marker": "from-the-job"})
+    record(
+        ctx,
+        userdata=dict(ctx.proc.userdata),
+        worker_id=ctx.worker_id,
+        room=ctx.room.name,
+        participant=participant,
+        job_type=ctx.job.type,
+    )
+
+
+async def entry_with_callbacks(ctx: JobContext) -> None:
+    """Waits for shutdown; its callbacks (sync with reason, async without) record that they ran."""
+    meta = json.loads(ctx.job.metadata or "{}")
+    calls: list[str] = []
+
+    def sync_cb(reason: str) -> None:
+        calls.append(f"sync:{reason}")
+
+    async def async_cb() -> None:
+        await asyncio.sleep(0)
+        calls.append("async")
+        Path(meta["out"] + ".callbacks").write_text(json.dumps(calls))  # noqa: ASYNC240 - tiny test file
+
+    ctx.add_shutdown_callback(sync_cb)
+    ctx.add_shutdown_callback(async_cb)
+    record(ctx, state="running")
+    await ctx.wait_for_shutdown()
 
 
 async def entry_wait(ctx: JobContext) -> None:
