@@ -231,7 +231,7 @@ async def test_shutdown_callbacks_run_with_the_reason(
     await lkapi.agent_dispatch.delete_dispatch(dispatch_id, "room-cb")
     path = Path(out + ".callbacks")
     await wait_until(path.exists, 10, "the callbacks to run")
-    assert json.loads(path.read_text()) == ["sync:terminated by the server", "async"]
+    assert json.loads(path.read_text()) == ["sync:terminated by the server", "async"]  # noqa: ASYNC240
 
 
 async def test_participant_workers_get_one_job_per_participant(
@@ -254,3 +254,14 @@ async def test_participant_workers_get_one_job_per_participant(
     ):
         rec = await wait_record(out)
     assert (rec["participant"], rec["job_type"]) == ("bob", agent.JobType.JT_PARTICIPANT)
+
+
+async def test_processes_a_job_leaves_behind_are_stopped_when_it_ends(
+    start_worker: Any, lkapi: api.LiveKitAPI, out_file: Any
+) -> None:
+    await start_worker(agent_name="leaver", entrypoint_fnc="worker_agents:entry_leave_child", ready=1)
+    out = out_file("leaver")
+    await dispatch(lkapi, "room-leaver", "leaver", out=out)
+    rec = await wait_record(out, "child")
+    await listed_status(lkapi, "room-leaver", JS_SUCCESS)
+    await wait_until(lambda: pid_gone(rec["child"]) and pid_gone(rec["pid"]), 5, "the job and what it left")

@@ -120,5 +120,11 @@ async def entry_memory_hog(ctx: JobContext) -> None:
     child.wait()  # blocking: the graceful request cannot be handled
 
 
+async def entry_leave_child(ctx: JobContext) -> None:
+    """Starts a long-running subprocess and returns without stopping it."""
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(600)")
+    record(ctx, child=child.pid)
+
+
 async def entry_noop(ctx: JobContext) -> None:
     return None

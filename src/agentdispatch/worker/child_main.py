@@ -212,8 +212,31 @@ def main(conn: Connection, config: ChildConfig) -> None:
     _exit(0)
 
 
+def _stop_descendants(grace: float = 1.0) -> None:
+    """Processes the job started and left running: SIGTERM, then SIGKILL after `grace`."""
+    import psutil
+
+    try:
+        left = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    if not left:
+        return
+    logging.getLogger("agentdispatch.worker.job").warning(
+        "job left %d process(es) running; stopping them", len(left), extra={"pids": [p.pid for p in left]}
+    )
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
 def _exit(code: int) -> None:
     """Exit now: the job is over, lingering user threads must not keep the process alive."""
+    _stop_descendants()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
