@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agentdispatch.bench.dispatch import DispatchBenchSettings, run_dispatch_bench, split
+from agentdispatch.bench.profiling import summarize_collapsed
 from agentdispatch.bench.stats import percentile, summarize_ms
 from agentdispatch.protocol import ConfigError
 
@@ -118,3 +119,24 @@ def test_split_and_percentiles() -> None:
     assert percentile([7.0], 99) == 7.0
     assert math.isnan(percentile([], 50))
     assert summarize_ms([0.001, 0.002, 0.003])["p50"] == pytest.approx(2.0)
+
+
+def test_collapsed_stack_summary(tmp_path: Path) -> None:
+    stacks = tmp_path / "server.txt"
+    stacks.write_text(
+        "main (a/cli.py:1);run (asyncio/base_events.py:2);select (selectors.py:3) 30\n"
+        "main (a/cli.py:1);run (asyncio/base_events.py:2);verify (agentdispatch/protocol/tokens.py:9) 50\n"
+        "main (a/cli.py:1);run (asyncio/base_events.py:2);write (asyncio/selector_events.py:4) 20\n"
+    )
+    summary = summarize_collapsed(stacks)
+    assert summary["samples"] == 100
+    assert summary["idle_percent"] == 30.0
+    assert summary["top_self"][0] == {
+        "function": "verify (agentdispatch/protocol/tokens.py)",
+        "samples": 50,
+        "percent": 50.0,
+    }
+    assert all(not row["function"].startswith("select") for row in summary["top_self"])
+    assert [row["function"] for row in summary["top_total_agentdispatch"]] == [
+        "verify (agentdispatch/protocol/tokens.py)"
+    ]

@@ -329,68 +329,84 @@ def _failures(s: DispatchBenchSettings, m: Measurement) -> dict[str, Any]:
     }
 
 
-def build_result(s: DispatchBenchSettings, m: Measurement, profile: dict[str, Any] | None) -> dict[str, Any]:
+def _timing(m: Measurement) -> dict[str, Any]:
+    """Latency, CreateDispatch call time and throughput of the measured dispatches."""
     pairs = [(m.sent[d], a) for d, a in m.assigned.items()]
-    latencies = [a[2] - sent[2] for sent, a in pairs]
     first_send = min((sent[2] for sent in m.sent.values()), default=0.0)
     last_send = max((sent[2] for sent in m.sent.values()), default=0.0)
     last_assign = max((a[2] for _, a in pairs), default=first_send)
     phase = last_assign - first_send
-    latency = summarize_ms(latencies)
-    idle, loaded = summarize_ms(m.idle_rtt), summarize_ms(m.loaded_rtt)
-    throughput = round(len(pairs) / phase, 1) if phase > 0 else None
-    ratios = {
+    return {
+        "latency_ms": summarize_ms(a[2] - sent[2] for sent, a in pairs),
+        "create_dispatch_call_ms": summarize_ms(sent[3] - sent[2] for sent in m.sent.values()),
+        "throughput": {
+            "dispatches_per_s": round(len(pairs) / phase, 1) if phase > 0 else None,
+            "phase_seconds": round(phase, 4),
+            "send_rate_per_s": (
+                round(len(m.sent) / (last_send - first_send), 1) if last_send > first_send else None
+            ),
+        },
+    }
+
+
+def _ratios(latency: dict[str, Any], idle: dict[str, Any], loaded: dict[str, Any]) -> dict[str, float | None]:
+    return {
         "p50_vs_idle_rtt": ratio(latency.get("p50"), idle.get("p50")),
         "p99_vs_idle_rtt": ratio(latency.get("p99"), idle.get("p99")),
         "p50_vs_loaded_rtt": ratio(latency.get("p50"), loaded.get("p50")),
         "p99_vs_loaded_rtt": ratio(latency.get("p99"), loaded.get("p99")),
     }
-    p99_ratio = ratios["p99_vs_idle_rtt"]
-    settings = asdict(s)
-    settings["profile_path"] = str(s.profile_path) if s.profile_path else None
+
+
+def _cpu(m: Measurement) -> dict[str, Any]:
+    server = m.cpu_seconds.get("server")
+    return {
+        "count": environment()["cpu_count"],
+        "measured_seconds": round(m.wall, 3),
+        "server_cores_used": None if server is None else ratio(server, m.wall),
+        "clients_cores_used": ratio(m.cpu_seconds.get("clients"), m.wall),
+        "machine_cores_used": ratio(m.cpu_seconds.get("machine"), m.wall),
+        "others_cores_used": _others(m),
+        "steal_cores": ratio(m.cpu_seconds.get("steal"), m.wall),
+    }
+
+
+def _method(s: DispatchBenchSettings, m: Measurement) -> dict[str, Any]:
+    return {
+        "server": s.server_url or "agentdispatch server --dev, separate process (started by the bench)",
+        "client": CLIENT_DESCRIPTIONS[s.client],
+        "client_processes": s.processes,
+        "latency": "perf_counter before CreateDispatch is sent -> JobAssignment decoded by a SimWorker",
+        "clock": "time.perf_counter = CLOCK_MONOTONIC, one clock for all processes of the machine",
+        "rtt": "WorkerPing -> WorkerPong on a dedicated worker connection to the same server",
+        "throughput": "assignments received / (last assignment - first CreateDispatch sent)",
+        "warmup_dispatches_not_measured": m.warmup_sent,
+    }
+
+
+def build_result(s: DispatchBenchSettings, m: Measurement, profile: dict[str, Any] | None) -> dict[str, Any]:
+    timing = _timing(m)
+    rtt = {"idle": summarize_ms(m.idle_rtt), "loaded": summarize_ms(m.loaded_rtt)}
+    ratios = _ratios(timing["latency_ms"], rtt["idle"], rtt["loaded"])
+    p99_ratio, throughput = ratios["p99_vs_idle_rtt"], timing["throughput"]["dispatches_per_s"]
+    parameters = asdict(s)
+    parameters["profile_path"] = str(s.profile_path) if s.profile_path else None
     return {
         "benchmark": "dispatch",
         **environment(),
-        "parameters": settings,
-        "method": {
-            "server": s.server_url or "agentdispatch server --dev, separate process (started by the bench)",
-            "client": CLIENT_DESCRIPTIONS[s.client],
-            "client_processes": s.processes,
-            "latency": "perf_counter before CreateDispatch is sent -> JobAssignment decoded by a SimWorker",
-            "clock": "time.perf_counter = CLOCK_MONOTONIC, one clock for all processes of the machine",
-            "rtt": "WorkerPing -> WorkerPong on a dedicated worker connection to the same server",
-            "throughput": "assignments received / (last assignment - first CreateDispatch sent)",
-            "warmup_dispatches_not_measured": m.warmup_sent,
-        },
-        "dispatches": {"requested": s.dispatches, "created": len(m.sent), "assigned": len(pairs)},
-        "latency_ms": latency,
-        "create_dispatch_call_ms": summarize_ms(sent[3] - sent[2] for sent in m.sent.values()),
-        "throughput": {
-            "dispatches_per_s": throughput,
-            "phase_seconds": round(phase, 4),
-            "send_rate_per_s": round(len(m.sent) / (last_send - first_send), 1)
-            if last_send > first_send
-            else None,
-        },
-        "rtt_ms": {"idle": idle, "loaded": loaded},
+        "parameters": parameters,
+        "method": _method(s, m),
+        "dispatches": {"requested": s.dispatches, "created": len(m.sent), "assigned": len(m.assigned)},
+        **timing,
+        "rtt_ms": rtt,
         "ratio": ratios,
         "failures": _failures(s, m),
         "workers": _jobs_per_worker(m),
-        "cpu": {
-            "count": environment()["cpu_count"],
-            "measured_seconds": round(m.wall, 3),
-            "server_cores_used": ratio(m.cpu_seconds.get("server"), m.wall)
-            if "server" in m.cpu_seconds
-            else None,
-            "clients_cores_used": ratio(m.cpu_seconds.get("clients"), m.wall),
-            "machine_cores_used": ratio(m.cpu_seconds.get("machine"), m.wall),
-            "others_cores_used": _others(m),
-            "steal_cores": ratio(m.cpu_seconds.get("steal"), m.wall),
-        },
+        "cpu": _cpu(m),
         "targets": {
-            "latency_p99_le_3x_idle_rtt_p99": None
-            if p99_ratio is None
-            else p99_ratio <= LATENCY_TARGET_RTT_MULTIPLE,
+            "latency_p99_le_3x_idle_rtt_p99": (
+                None if p99_ratio is None else p99_ratio <= LATENCY_TARGET_RTT_MULTIPLE
+            ),
             "throughput_ge_2000_per_s": None if throughput is None else throughput >= THROUGHPUT_TARGET,
         },
         "profile": profile,

@@ -9,6 +9,8 @@ from typing import Any
 
 Row = dict[str, Any]
 TRUNK_SHARE = 0.9
+#: a stack ending here is the event loop waiting for I/O, not work
+IDLE_LEAVES = ("EpollSelector.select", "KqueueSelector.select", "select (")
 
 
 def _function(frame: str) -> str:
@@ -23,10 +25,13 @@ def _function(frame: str) -> str:
 
 
 def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
-    """Top functions by own (leaf) samples and by inclusive samples, as shares of all samples."""
+    """Top functions by own (leaf) samples and by inclusive samples, as shares of all samples.
+
+    Samples where the event loop waits in select() count as idle and are left out of `top_self`.
+    """
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -36,6 +41,9 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
         if not frames:
             continue
         total += count
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += count
+            continue
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
@@ -52,6 +60,7 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "idle_percent": round(100.0 * idle / total, 1) if total else 0.0,
         "top_self": share(own),
         "top_total": share(inclusive, below_trunk),
         "top_total_agentdispatch": share(inclusive, ours),

@@ -77,6 +77,11 @@ def dispatch_table(result: dict[str, Any]) -> Table:
         f" clients {_num(c['clients_cores_used'], '', 2)},"
         f" other processes {_num(c['others_cores_used'], '', 2)}",
     )
+    _footer(table, result)
+    return table
+
+
+def _footer(table: Table, result: dict[str, Any]) -> None:
     tg = result["targets"]
     table.add_row("target p99 <= 3x RTT", _num(tg["latency_p99_le_3x_idle_rtt_p99"]), "vs idle RTT p99")
     table.add_row(
@@ -86,7 +91,6 @@ def dispatch_table(result: dict[str, Any]) -> Table:
     if profile and profile.get("top_self"):
         for entry in profile["top_self"][:8]:
             table.add_row("server profile", f"{entry['percent']}% self", entry["function"][:90])
-    return table
 
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
