@@ -1,5 +1,6 @@
 """Protocol layer: frames, ids, tokens, load rule, clock, errors. Imports nothing else of ours."""
 
+from . import hs256
 from .clock import SYSTEM_CLOCK, Clock, SystemClock
 from .codec import MAX_FRAME_BYTES, Encoding, decode_server_message, decode_worker_message, encode
 from .errors import (
@@ -38,6 +39,7 @@ __all__ = [
     "decode_server_message",
     "decode_worker_message",
     "encode",
+    "hs256",
     "mint_job_token",
     "new_id",
     "sanitize_load",

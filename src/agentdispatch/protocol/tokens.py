@@ -1,4 +1,4 @@
-"""Token helpers over livekit-api: bearer extraction, verification, and job tokens."""
+"""Tokens: bearer extraction, verification into livekit-api Claims, and job tokens."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import datetime
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import jwt
+from google.protobuf import json_format
 from livekit import api
-from livekit.protocol import models
+from livekit.protocol import models, room
 
+from . import hs256
 from .errors import AuthError
 
 AGENT_NAME_ATTRIBUTE = "lk.agent.name"
@@ -26,19 +28,49 @@ class KeyPair:
 LEEWAY_S = 5.0
 CACHE_SIZE = 4096
 
+_VIDEO_FIELDS = {
+    "".join(w.capitalize() if i else w for i, w in enumerate(name.split("_"))): name
+    for name in api.VideoGrants.__dataclass_fields__
+}
+
+
+def claims_from_payload(payload: dict[str, Any]) -> api.access_token.Claims:
+    """The livekit-api Claims for a verified payload (the parts the server reads)."""
+    video = payload.get("video")
+    grants = api.VideoGrants()
+    if isinstance(video, dict):
+        known = {_VIDEO_FIELDS[k]: v for k, v in video.items() if k in _VIDEO_FIELDS}
+        grants = api.VideoGrants(**known)
+    attributes = payload.get("attributes")
+    claims = api.access_token.Claims(
+        identity=str(payload.get("sub", "")),
+        name=str(payload.get("name", "")),
+        kind=str(payload.get("kind", "")),
+        metadata=str(payload.get("metadata", "")),
+        video=grants,
+        attributes={str(k): str(v) for k, v in attributes.items()} if isinstance(attributes, dict) else {},
+    )
+    room_config = payload.get("roomConfig")
+    if isinstance(room_config, dict) and room_config:
+        try:
+            claims.room_config = json_format.ParseDict(
+                room_config, room.RoomConfiguration(), ignore_unknown_fields=True
+            )
+        except json_format.ParseError as exc:
+            raise AuthError(f"invalid token: bad roomConfig: {exc}") from None
+    return claims
+
 
 class KeyRing:
     """API keys the server accepts. Tokens name their key in ``iss``.
 
-    Verified tokens are cached until they expire: API clients mint one token per call and calls in the
-    same second carry the same token, so a burst of requests verifies the signature once.
+    Verified tokens are cached until they expire: a client that reuses its token (a worker reconnecting,
+    repeated calls within one second for the same room) is verified once.
     """
 
     def __init__(self, keys: Mapping[str, str]) -> None:
         if not keys:
             raise AuthError("at least one API key is required")
-        leeway = datetime.timedelta(seconds=LEEWAY_S)
-        self._verifiers = {k: api.TokenVerifier(k, s, leeway=leeway) for k, s in keys.items()}
         self._secrets = dict(keys)
         self._cache: dict[str, tuple[api.access_token.Claims, float, float]] = {}
 
@@ -52,33 +84,22 @@ class KeyRing:
 
     def verify(self, token: str) -> api.access_token.Claims:
         """Verify signature, expiry, not-before and issuer; return the claims."""
+        now = time.time()
         cached = self._cache.get(token)
         if cached is not None:
             claims, not_before, expires = cached
-            if not_before - LEEWAY_S <= time.time() <= expires + LEEWAY_S:
+            if not_before - LEEWAY_S <= now <= expires + LEEWAY_S:
                 return claims
             del self._cache[token]
-        return self._verify(token)
-
-    def _verify(self, token: str) -> api.access_token.Claims:
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise AuthError(f"malformed token: {exc}") from None
-        issuer = unverified.get("iss")
-        if not isinstance(issuer, str) or issuer not in self._verifiers:
+        payload = hs256.unverified_payload(token)
+        issuer = payload.get("iss")
+        if not isinstance(issuer, str) or issuer not in self._secrets:
             raise AuthError("token issuer is not a known API key")
-        try:
-            claims = self._verifiers[issuer].verify(token)
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError("token not yet valid") from None
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise AuthError(f"invalid token: {exc}") from None
+        payload = hs256.verify(token, self._secrets[issuer], now, LEEWAY_S)
+        claims = claims_from_payload(payload)
         if len(self._cache) >= CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[token] = (claims, float(unverified.get("nbf", 0)), float(unverified["exp"]))
+        self._cache[token] = (claims, float(payload.get("nbf") or 0), float(payload["exp"]))
         return claims
 
 
@@ -107,29 +128,32 @@ class JobTokenRequest:
     permissions: models.ParticipantPermission
 
 
-def mint_job_token(keys: KeyPair, req: JobTokenRequest) -> str:
-    """The room-join token handed to a worker in a JobAssignment."""
+def mint_job_token(keys: KeyPair, req: JobTokenRequest, now: float | None = None) -> str:
+    """The room-join token handed to a worker in a JobAssignment (same claims as livekit-api mints)."""
     perms = req.permissions
-    grants = api.VideoGrants(
-        room_join=True,
-        room=req.room,
-        agent=True,
-        can_publish=perms.can_publish,
-        can_subscribe=perms.can_subscribe,
-        can_publish_data=perms.can_publish_data,
-        can_update_own_metadata=perms.can_update_metadata,
-        hidden=perms.hidden,
-    )
+    issued = int(time.time() if now is None else now)
     attributes = dict(req.attributes)
     attributes[AGENT_NAME_ATTRIBUTE] = req.agent_name
-    token = (
-        api.AccessToken(keys.key, keys.secret)
-        .with_identity(req.identity)
-        .with_name(req.name)
-        .with_metadata(req.metadata)
-        .with_attributes(attributes)
-        .with_kind("agent")
-        .with_grants(grants)
-        .with_ttl(JOB_TOKEN_TTL)
-    )
-    return token.to_jwt()
+    payload: dict[str, Any] = {
+        "sub": req.identity,
+        "iss": keys.key,
+        "nbf": issued,
+        "exp": issued + int(JOB_TOKEN_TTL.total_seconds()),
+        "kind": "agent",
+        "attributes": attributes,
+        "video": {
+            "roomJoin": True,
+            "room": req.room,
+            "agent": True,
+            "canPublish": perms.can_publish,
+            "canSubscribe": perms.can_subscribe,
+            "canPublishData": perms.can_publish_data,
+            "canUpdateOwnMetadata": perms.can_update_metadata,
+            "hidden": perms.hidden,
+        },
+    }
+    if req.name:
+        payload["name"] = req.name
+    if req.metadata:
+        payload["metadata"] = req.metadata
+    return hs256.encode(payload, keys.secret)
