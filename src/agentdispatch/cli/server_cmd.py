@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -91,7 +93,17 @@ def server_command(
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    asyncio.run(_run(config))
+    run_event_loop(_run(config))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where it is installed (about a third less loop overhead), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 async def _run(config: ServerConfig) -> None:
