@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from agentdispatch.bench.serverproc import agentdispatch_command, free_port, wait_healthy
 from agentdispatch.cli.main import cli
 from agentdispatch.cli.server_cmd import load_keys_file, resolve_keys
 
@@ -54,33 +52,14 @@ def test_invalid_setting_is_a_usage_error() -> None:
     assert "offer_timeout must be > 0" in result.output
 
 
-def test_server_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "agentdispatch",
-        "server",
-        "--dev",
-        "--port",
-        str(port),
-        "--log-format",
-        "json",
-    ]
+def test_server_starts_answers_and_stops_on_sigterm() -> None:
+    port = free_port()
+    cmd = [*agentdispatch_command(), "server", "--dev", "--port", str(port), "--log-format", "json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as resp:
-                    assert resp.read() == b"OK"
-                    break
-            except OSError:
-                assert proc.poll() is None, "server exited early"
-                assert time.monotonic() < deadline, "server did not answer"
-                time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}", 20, proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            assert resp.read() == b"OK"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     finally:

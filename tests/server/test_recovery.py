@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -11,27 +12,16 @@ from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
 from agentdispatch.bench.simworker import SimWorker, SimWorkerOptions
-from agentdispatch.server import DispatchServer, ServerConfig
+from agentdispatch.server import DispatchServer
 
 JS = agent.JobStatus
 MakeWorker = Callable[..., Awaitable[SimWorker]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[DispatchServer]:
-    srv = DispatchServer(
-        ServerConfig(port=0, offer_timeout=0.5, dispatch_deadline=3, reconnect_grace=0.3, max_restarts=2)
-    )
-    await srv.start()
-    yield srv
-    await srv.aclose()
-
-
-@pytest.fixture
-async def lk(server: DispatchServer) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(server.url, "devkey", "secret")
-    yield client
-    await client.aclose()
+def server_config() -> dict[str, Any]:
+    """Short timers for the shared harness (tests/conftest.py)."""
+    return {"offer_timeout": 0.5, "dispatch_deadline": 3, "reconnect_grace": 0.3, "max_restarts": 2}
 
 
 @pytest.fixture
@@ -49,24 +39,24 @@ async def make_worker(server: DispatchServer) -> AsyncIterator[MakeWorker]:
         await w.aclose()
 
 
-async def _job(lk: api.LiveKitAPI, room: str) -> agent.Job:
-    (dispatch,) = await lk.agent_dispatch.list_dispatch(room)
+async def _job(lkapi: api.LiveKitAPI, room: str) -> agent.Job:
+    (dispatch,) = await lkapi.agent_dispatch.list_dispatch(room)
     (job,) = dispatch.state.jobs
     return job
 
 
-async def _wait_status(lk: api.LiveKitAPI, room: str, status: int, timeout: float = 5) -> agent.Job:
+async def _wait_status(lkapi: api.LiveKitAPI, room: str, status: int, timeout: float = 5) -> agent.Job:
     end = asyncio.get_running_loop().time() + timeout
     while True:
-        job = await _job(lk, room)
+        job = await _job(lkapi, room)
         if job.state.status == status or asyncio.get_running_loop().time() > end:
             return job
         await asyncio.sleep(0.02)
 
 
-async def test_failed_job_restarts_on_another_worker(lk: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_failed_job_restarts_on_another_worker(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:
     a = await make_worker()
-    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="r1"))
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="r1"))
     first = (await a.next_event("assignment")).assignment.job
     b = await make_worker()
     await a.finish(first.id, JS.JS_FAILED, "boom")
@@ -74,20 +64,20 @@ async def test_failed_job_restarts_on_another_worker(lk: api.LiveKitAPI, make_wo
     assert offer.availability.job.id == first.id
     assert offer.availability.resuming is True
     await b.next_event("assignment")
-    job = await _wait_status(lk, "r1", JS.JS_RUNNING)
+    job = await _wait_status(lkapi, "r1", JS.JS_RUNNING)
     assert job.state.worker_id == b.id
     assert job.state.error == "restart 1/2: boom"
 
 
-async def test_crash_loop_ends_failed_after_the_bound(lk: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_crash_loop_ends_failed_after_the_bound(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:
     w = await make_worker()
 
     def fail(assignment: agent.JobAssignment) -> None:
         asyncio.get_running_loop().create_task(w.finish(assignment.job.id, JS.JS_FAILED, "segfault"))
 
     w.on_assignment = fail
-    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="loop"))
-    job = await _wait_status(lk, "loop", JS.JS_FAILED)
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="loop"))
+    job = await _wait_status(lkapi, "loop", JS.JS_FAILED)
     assert job.state.status == JS.JS_FAILED
     assert job.state.error == "segfault (after 2 restarts)"
     assert len(w.received.assignments) == 3  # first run + 2 restarts, then no more
@@ -95,51 +85,53 @@ async def test_crash_loop_ends_failed_after_the_bound(lk: api.LiveKitAPI, make_w
     assert len(w.received.offers) == 3
 
 
-async def test_jrp_never_failure_is_final(lk: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_jrp_never_failure_is_final(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:
     a = await make_worker()
     b = await make_worker()
     req = api.CreateAgentDispatchRequest(
         agent_name="rec", room="never", restart_policy=agent_dispatch.JobRestartPolicy.JRP_NEVER
     )
-    await lk.agent_dispatch.create_dispatch(req)
+    await lkapi.agent_dispatch.create_dispatch(req)
     await asyncio.sleep(0.2)
     owner, other = (a, b) if a.received.assignments else (b, a)
     job_id = owner.received.assignments[0].job.id
     await owner.finish(job_id, JS.JS_FAILED, "bad input")
-    job = await _wait_status(lk, "never", JS.JS_FAILED)
+    job = await _wait_status(lkapi, "never", JS.JS_FAILED)
     assert job.state.error == "bad input"
     assert other.received.offers == []
 
 
-async def test_success_is_never_restarted(lk: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_success_is_never_restarted(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:
     w = await make_worker()
-    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="ok"))
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="ok"))
     job_id = (await w.next_event("assignment")).assignment.job.id
     await w.finish(job_id, JS.JS_SUCCESS)
-    job = await _wait_status(lk, "ok", JS.JS_SUCCESS)
+    job = await _wait_status(lkapi, "ok", JS.JS_SUCCESS)
     assert job.state.ended_at > 0
     await asyncio.sleep(0.3)
     assert len(w.received.offers) == 1
 
 
 async def test_lost_worker_job_resumes_elsewhere(
-    server: DispatchServer, lk: api.LiveKitAPI, make_worker: MakeWorker
+    server: DispatchServer, lkapi: api.LiveKitAPI, make_worker: MakeWorker
 ) -> None:
     a = await make_worker()
-    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="lost"))
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="lost"))
     job_id = (await a.next_event("assignment")).assignment.job.id
     b = await make_worker()
     await a.aclose()  # the worker disappears mid-job
     offer = await b.next_event("availability", timeout=0.3 + 0.5 + 2)
     assert offer.availability.job.id == job_id and offer.availability.resuming
-    job = await _wait_status(lk, "lost", JS.JS_RUNNING)
+    job = await _wait_status(lkapi, "lost", JS.JS_RUNNING)
     assert job.state.worker_id == b.id
     assert "worker lost" in job.state.error
 
 
-async def test_late_accept_after_reoffer_is_terminated(lk: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_late_accept_after_reoffer_is_terminated(
+    lkapi: api.LiveKitAPI, make_worker: MakeWorker
+) -> None:
     slow = await make_worker(policy="ignore")
-    await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="late"))
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="late"))
     job_id = (await slow.next_event("availability")).availability.job.id
     fast = await make_worker()  # registers: the queued-after-timeout job goes here
     await fast.next_event("assignment", timeout=3)
@@ -147,7 +139,7 @@ async def test_late_accept_after_reoffer_is_terminated(lk: api.LiveKitAPI, make_
     term = await slow.next_event("termination")
     assert term.termination.job_id == job_id
     assert slow.received.assignments == []
-    job = await _job(lk, "late")
+    job = await _job(lkapi, "late")
     assert job.state.worker_id == fast.id
 
 
@@ -165,7 +157,7 @@ async def _post_dispatch(http: aiohttp.ClientSession, url: str, key: str, room: 
         return body
 
 
-async def test_same_request_id_creates_one_dispatch(server: DispatchServer, lk: api.LiveKitAPI) -> None:
+async def test_same_request_id_creates_one_dispatch(server: DispatchServer, lkapi: api.LiveKitAPI) -> None:
     async with aiohttp.ClientSession() as http:
         first = await _post_dispatch(http, server.url, "k-1", "idem")
         again = await _post_dispatch(http, server.url, "k-1", "idem")
@@ -174,5 +166,5 @@ async def test_same_request_id_creates_one_dispatch(server: DispatchServer, lk: 
     assert first["id"] == again["id"]
     assert len({d["id"] for d in both}) == 1
     assert other["id"] not in (first["id"], both[0]["id"])
-    dispatches = await lk.agent_dispatch.list_dispatch("idem")
+    dispatches = await lkapi.agent_dispatch.list_dispatch("idem")
     assert len(dispatches) == 3
