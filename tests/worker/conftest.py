@@ -57,16 +57,22 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: 
 
 
 def descendants() -> list[psutil.Process]:
-    """Our process tree minus multiprocessing's helpers (the forkserver outlives single tests)."""
+    """Our process tree minus multiprocessing's helpers (the forkserver outlives single tests).
+
+    Job processes forked by the forkserver share its command line, so only the helpers that are *direct*
+    children of this process are skipped; everything below them counts.
+    """
+    me = os.getpid()
     out = []
     for p in psutil.Process().children(recursive=True):
         try:
             cmd = " ".join(p.cmdline())
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
+            helper = p.ppid() == me and any(h in cmd for h in _MP_HELPERS)
         except psutil.Error:
             continue
-        if not any(h in cmd for h in _MP_HELPERS):
+        if not helper:
             out.append(p)
     return out
 

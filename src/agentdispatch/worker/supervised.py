@@ -162,6 +162,10 @@ class SupervisedProc:
         except asyncio.CancelledError:
             await asyncio.wait([started])  # the process exists once this returns; start() kills it
             raise
+        except (OSError, EOFError, ValueError) as exc:  # e.g. the forkserver died or fds ran out
+            parent_conn.close()
+            self._conn = None
+            raise InitError(f"could not start a job process: {exc!r}") from exc
         finally:
             child_conn.close()
         self._ps = psutil.Process(self._process.pid)
@@ -385,10 +389,11 @@ class SupervisedProc:
 
 def _preload_modules(child: ChildConfig) -> list[str]:
     """Imported once by the forkserver (when it starts), so every job process inherits them already loaded."""
-    modules = ["__main__", "agentdispatch.worker.child_main", "agentdispatch.worker.job"]
+    modules = ["__main__", "agentdispatch.worker.job"]
     for ref in (child.entrypoint, child.prewarm):
         if ref is not None and ref.module:
             modules.append(ref.module)
+    modules.append("agentdispatch.worker.forkserver_freeze")  # last: freezes what the others loaded
     return modules
 
 
