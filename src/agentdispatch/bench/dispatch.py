@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import time
 import uuid
 from collections import Counter
@@ -361,7 +362,7 @@ def _ratios(latency: dict[str, Any], idle: dict[str, Any], loaded: dict[str, Any
 def _cpu(m: Measurement) -> dict[str, Any]:
     server = m.cpu_seconds.get("server")
     return {
-        "count": environment()["cpu_count"],
+        "count": os.cpu_count() or 1,
         "measured_seconds": round(m.wall, 3),
         "server_cores_used": None if server is None else ratio(server, m.wall),
         "clients_cores_used": ratio(m.cpu_seconds.get("clients"), m.wall),

@@ -98,13 +98,26 @@ class ServerProcess:
             *self.settings.extra_args,
         ]
 
+    #: with an auto-picked port, how often to try a fresh port when the server exits at once
+    START_ATTEMPTS = 3
+
     def start(self) -> None:
-        self._proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
-        try:
-            wait_healthy(self.url, self.settings.startup_timeout, self._proc)
-        except BaseException:
-            self.stop()
-            raise
+        """Start and wait until healthy. With an auto-picked port, a process that exits at once (the
+        port was taken between picking and binding) is retried on a fresh port."""
+        attempts = self.START_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+            self._proc = proc
+            try:
+                wait_healthy(self.url, self.settings.startup_timeout, proc)
+                return
+            except BenchError:
+                exited = proc.poll() is not None
+                self.stop()
+                if not exited or self.settings.port or attempt == attempts:
+                    raise
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM (the server drains and closes its sockets), then SIGKILL; the exit code."""

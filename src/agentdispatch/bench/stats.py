@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -46,6 +49,23 @@ def ratio(numerator: float | int | None, denominator: float | int | None) -> flo
     return round(float(numerator) / float(denominator), 3)
 
 
+def source_revision() -> dict[str, Any]:
+    """The git commit of the code under test, and whether `src/` has uncommitted changes."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return {"git_commit": None, "source_dirty": None}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "source_dirty": None}
+    return {"git_commit": commit, "source_dirty": bool(status.strip())}
+
+
 def environment() -> dict[str, Any]:
     """Facts about the machine and interpreter, written into every result file."""
     return {
@@ -55,4 +75,6 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count() or 1,
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "uvloop_installed": importlib.util.find_spec("uvloop") is not None,
+        **source_revision(),
     }
