@@ -9,8 +9,9 @@ from typing import Any
 
 Row = dict[str, Any]
 TRUNK_SHARE = 0.9
-#: a stack ending here is the event loop waiting for I/O, not work
-IDLE_LEAVES = ("EpollSelector.select", "KqueueSelector.select", "select (")
+#: a stack ending here is the event loop waiting for I/O, not Python work; under uvloop the loop is C code
+#: that py-spy cannot see, so its wait (and its own C work) shows as the runner being the last frame
+IDLE_LEAVES = ("EpollSelector.select", "KqueueSelector.select", "select (", "Runner.run (", "run (uvloop")
 
 
 def _function(frame: str) -> str:
