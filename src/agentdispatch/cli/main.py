@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .bench_cmd import bench_group
+from .chaos_cmd import chaos_command
 from .demo_cmd import demo_command
 from .server_cmd import server_command
 from .worker_cmd import worker_command
@@ -20,6 +21,7 @@ def cli() -> None:
 cli.add_command(server_command)
 cli.add_command(worker_command)
 cli.add_command(bench_group)
+bench_group.add_command(chaos_command)
 cli.add_command(demo_command)
 
 

@@ -1,0 +1,404 @@
+"""The chaos benchmark: real server, real workers, SIGKILLs, and an account of every dispatch.
+
+One run:
+
+1. the server (`agentdispatch server --dev`, short timers) in its own process, its INFO log in the run
+   directory; K worker processes running `chaos_agent.py` (`agentdispatch worker start`, production mode);
+2. D dispatches, each in its own room, at most `in_flight` unfinished at a time (the fleet's capacity by
+   default, so jobs do not simply wait out the dispatch deadline); each job sleeps a random time taken
+   from its metadata and records itself (`chaos_record`);
+3. meanwhile a driver SIGKILLs worker processes (each replaced at once by a new worker) and job processes,
+   at points spread over the run (by dispatches created, from a seeded plan);
+4. every open dispatch is polled with ListDispatch until it ends, bounded by `end_timeout` after the last
+   CreateDispatch; then the fleet and the server stop and `chaos_analysis` accounts for everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from livekit import api
+from livekit.protocol import agent, agent_dispatch
+
+from ..protocol import ConfigError, TaskSet
+from .chaos_analysis import DispatchOutcome, JobView
+from .chaos_fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess
+from .chaos_record import job_metadata
+from .chaos_result import build_result
+from .chaos_watch import AttemptIndex, kill_attempt_process
+from .serverproc import ServerProcessSettings
+
+ENDED = {"JS_SUCCESS", "JS_FAILED", "JS_CANCELLED"}
+API_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    workers: int = 4
+    dispatches: int = 1000
+    #: share of all worker processes of the run that get SIGKILLed: kills / (workers + kills)
+    kill_fraction: float = 0.2
+    #: exact number of worker kills (overrides kill_fraction)
+    worker_kills: int | None = None
+    #: job processes to SIGKILL; None = 2% of the dispatches
+    job_kills: int | None = None
+    seed: int | None = None
+    max_jobs: int = 4
+    min_duration: float = 0.2
+    max_duration: float = 2.0
+    #: unfinished dispatches at most; None = workers x max_jobs
+    in_flight: int | None = None
+    reconnect_grace: float = 2.0
+    offer_timeout: float = 2.0
+    dispatch_deadline: float = 60.0
+    #: seconds after the last CreateDispatch within which every dispatch must have ended
+    end_timeout: float = 120.0
+    poll_interval: float = 0.3
+    progress_interval: float = 5.0
+    #: server's restart bound (`ServerConfig.max_restarts`; not a server flag): used for cross-checks
+    max_restarts: int = 3
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.dispatches < 1 or self.max_jobs < 1:
+            raise ConfigError("workers, dispatches and max_jobs must be >= 1")
+        if not 0 <= self.kill_fraction < 1:
+            raise ConfigError(f"kill_fraction must be in [0, 1), got {self.kill_fraction}")
+        if (self.worker_kills or 0) < 0 or (self.job_kills or 0) < 0:
+            raise ConfigError("kill counts must be >= 0")
+        if not 0 < self.min_duration <= self.max_duration:
+            raise ConfigError("need 0 < min_duration <= max_duration")
+        for name in ("reconnect_grace", "offer_timeout", "dispatch_deadline", "end_timeout", "poll_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
+
+    @property
+    def planned_worker_kills(self) -> int:
+        if self.worker_kills is not None:
+            return self.worker_kills
+        return round(self.kill_fraction * self.workers / (1.0 - self.kill_fraction))
+
+    @property
+    def planned_job_kills(self) -> int:
+        return self.job_kills if self.job_kills is not None else round(0.02 * self.dispatches)
+
+    @property
+    def window(self) -> int:
+        return self.in_flight or self.workers * self.max_jobs
+
+    def server_args(self) -> tuple[str, ...]:
+        return (
+            *("--reconnect-grace", f"{self.reconnect_grace:g}", "--offer-timeout", f"{self.offer_timeout:g}"),
+            *("--dispatch-deadline", f"{self.dispatch_deadline:g}"),
+        )
+
+
+def plan_kills(settings: ChaosSettings, rng: random.Random) -> list[tuple[int, str]]:
+    """(dispatches created before the kill, "worker" | "job"), in order; spread over the run."""
+    d = settings.dispatches
+    n = settings.planned_worker_kills
+    plan = []
+    for i in range(n):
+        center = (i + 1) / (n + 1)
+        plan.append((int(d * (center + rng.uniform(-0.25, 0.25) / (n + 1))), "worker"))
+    plan.extend((int(d * rng.uniform(0.05, 0.95)), "job") for _ in range(settings.planned_job_kills))
+    return sorted(plan)
+
+
+def _gone_after(deaths: list[Death]) -> float | None:
+    """Seconds from the SIGKILL until the last process of the tree was seen gone (None: one survived)."""
+    if not deaths or any(d.died_at is None for d in deaths):
+        return None
+    return round(max(d.died_at or 0.0 for d in deaths) - deaths[0].killed_at, 4)
+
+
+@dataclass
+class Track:
+    """One dispatch, as the driver sees it."""
+
+    index: int
+    room: str
+    #: wall time just before CreateDispatch was sent
+    created_at: float = 0.0
+    dispatch_id: str = ""
+    create_error: str = ""
+    outcome: DispatchOutcome | None = None
+    done: bool = False
+
+    def observe(self, dispatches: list[agent_dispatch.AgentDispatch]) -> None:
+        found = [d for d in dispatches if d.id == self.dispatch_id] if self.dispatch_id else dispatches
+        if not found:
+            self.outcome = DispatchOutcome(
+                self.index, self.room, self.dispatch_id, missing=True, create_error=self.create_error
+            )
+            self.done = True
+            return
+        d = found[0]
+        jobs = tuple(
+            JobView(j.id, agent.JobStatus.Name(j.state.status), j.state.error, j.state.worker_id)
+            for j in d.state.jobs
+        )
+        ended = bool(jobs) and all(j.status in ENDED for j in jobs)
+        self.outcome = DispatchOutcome(self.index, self.room, d.id, jobs, ended, False, self.create_error)
+        self.done = ended
+
+
+@dataclass
+class KillLog:
+    worker: list[dict[str, Any]] = field(default_factory=list)
+    job: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class ChaosRun:
+    def __init__(self, settings: ChaosSettings, run_dir: Path, log: Callable[[str], None]) -> None:
+        self.s = settings
+        self.run_dir = run_dir
+        self.attempts_dir = run_dir.resolve() / "attempts"
+        self.log = log
+        self.seed = settings.seed if settings.seed is not None else random.randrange(2**32)
+        self.rng = random.Random(self.seed)
+        self.tracks: list[Track] = []
+        self.kills = KillLog()
+        self.index = AttemptIndex(self.attempts_dir)
+        self.server = LoggedServerProcess(
+            ServerProcessSettings(log_level=settings.log_level, extra_args=settings.server_args()),
+            run_dir / "server.log",
+        )
+        self.fleet: Fleet | None = None
+        self._tasks = TaskSet("chaos")
+        self._lk: api.LiveKitAPI | None = None
+        self._t0 = time.time()
+        self.timeline: dict[str, float] = {}
+        self._changed = asyncio.Event()
+        self.cpu_before: Any = None
+        self.cpu_after: Any = None
+
+    # -- the run ---------------------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        self.attempts_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.server.start)
+        self.log(f"server at {self.server.url} (log {self.server.log_path}); seed {self.seed}")
+        fleet = self.fleet = Fleet(self._fleet_settings(), self.log)
+        timeout = aiohttp.ClientTimeout(total=15)
+        self._lk = api.LiveKitAPI(self.server.url, "devkey", "secret", timeout=timeout, failover=False)
+        try:
+            await fleet.start_workers(self.s.workers)
+            self.log(f"{self.s.workers} workers registered; dispatching {self.s.dispatches}")
+            await self._phases()
+        finally:
+            await self._tasks.aclose()
+            await fleet.stop_all()
+            server_exit = await asyncio.to_thread(self.server.stop)
+            await self._lk.aclose()
+        self.timeline["stopped"] = time.time()
+        return self._result(server_exit)
+
+    def _fleet_settings(self) -> FleetSettings:
+        return FleetSettings(
+            server_url=self.server.url,
+            run_dir=self.run_dir,
+            max_jobs=self.s.max_jobs,
+            log_level=self.s.log_level,
+            agent_file=AGENT_FILE,
+        )
+
+    async def _phases(self) -> None:
+        self.timeline["dispatch_start"] = time.time()
+        self.cpu_before = psutil.cpu_times()
+        self._tasks.spawn(self._poll_loop(), "poll")
+        self._tasks.spawn(self._progress_loop(), "progress")
+        chaos = self._tasks.spawn(self._chaos(plan_kills(self.s, self.rng)), "kills")
+        await self._dispatch_all()
+        self.timeline["last_create"] = time.time()
+        await self._wait_all_ended(self.timeline["last_create"] + self.s.end_timeout, chaos)
+        self.timeline["all_ended"] = time.time()
+        self.cpu_after = psutil.cpu_times()
+        await self._poll_once()
+
+    async def _dispatch_all(self) -> None:
+        prefix = f"chaos-{uuid.uuid4().hex[:8]}"
+        for i in range(self.s.dispatches):
+            await self._wait_until(lambda: sum(1 for t in self.tracks if not t.done) < self.s.window)
+            track = Track(i, f"{prefix}-{i:05d}", time.time())
+            duration = self.rng.uniform(self.s.min_duration, self.s.max_duration)
+            request = api.CreateAgentDispatchRequest(
+                agent_name="chaos", room=track.room, metadata=job_metadata(str(self.attempts_dir), duration)
+            )
+            try:
+                track.dispatch_id = (await self._api().agent_dispatch.create_dispatch(request)).id
+            except API_ERRORS as exc:
+                track.create_error = f"{type(exc).__name__}: {exc}"
+                self.log(f"CreateDispatch {track.room} failed: {track.create_error}")
+            self.tracks.append(track)
+            self._changed.set()
+
+    async def _wait_all_ended(self, deadline: float, chaos: asyncio.Task[None]) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(chaos), max(1.0, deadline - time.time()))
+        await self._wait_until(self._finished, deadline)
+        left = sum(1 for t in self.tracks if not t.done)
+        if left:
+            self.log(f"{left} dispatch(es) not ended {self.s.end_timeout:g}s after the last CreateDispatch")
+
+    async def _wait_until(self, done: Callable[[], bool], deadline: float | None = None) -> bool:
+        """Wake on every change of the tracks (created, ended) until `done()` or the wall-clock deadline."""
+        while not done():
+            self._changed.clear()
+            remaining = None if deadline is None else deadline - time.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
+    def _api(self) -> api.LiveKitAPI:
+        if self._lk is None:
+            raise RuntimeError("API client used before the run started")
+        return self._lk
+
+    # -- observation -----------------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while True:
+            await self._poll_once()
+            await asyncio.sleep(self.s.poll_interval)
+
+    async def _poll_once(self) -> None:
+        self.index.refresh()
+        self.index.notice_deaths()
+        limit = asyncio.Semaphore(16)
+
+        async def poll(track: Track) -> None:
+            async with limit:
+                try:
+                    track.observe(await self._api().agent_dispatch.list_dispatch(track.room))
+                except API_ERRORS as exc:
+                    self.log(f"ListDispatch {track.room} failed: {type(exc).__name__}: {exc}")
+
+        await asyncio.gather(*(poll(t) for t in self.tracks if not t.done))
+        self._changed.set()
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.progress_interval)
+            self.log(self.progress_line())
+
+    def progress_line(self) -> str:
+        ended = [t.outcome for t in self.tracks if t.done and t.outcome is not None]
+        ok = sum(1 for o in ended if all(j.status == "JS_SUCCESS" for j in o.jobs) and o.jobs)
+        fleet = self.fleet
+        live = len(fleet.live()) if fleet else 0
+        return (
+            f"{time.time() - self._t0:6.1f}s  created {len(self.tracks)}/{self.s.dispatches}"
+            f"  ended {len(ended)} (success {ok}, other {len(ended) - ok})"
+            f"  running attempts {len(self.index.running())}  live workers {live}"
+            f"  kills: workers {len(self.kills.worker)}/{self.s.planned_worker_kills}"
+            f", jobs {len(self.kills.job)}/{self.s.planned_job_kills}"
+        )
+
+    # -- chaos -----------------------------------------------------------------------------------------
+    async def _chaos(self, plan: list[tuple[int, str]]) -> None:
+        for threshold, kind in plan:
+            await self._wait_until(self._created_at_least(threshold))
+            if kind == "worker":
+                await self._kill_worker()
+            else:
+                await self._kill_job()
+
+    def _created_at_least(self, count: int) -> Callable[[], bool]:
+        return lambda: len(self.tracks) >= count
+
+    def _running_pids(self) -> dict[int, str]:
+        self.index.refresh()
+        return {a.pid: a.job_id for a in self.index.running()}
+
+    async def _kill_worker(self) -> None:
+        fleet = self._fleet()
+        running = self._running_pids()
+        live = fleet.live()
+        busy = [w for w in live if fleet.job_pids(w) & running.keys()]
+        if not live:
+            self.kills.skipped.append("worker kill: no live worker")
+            return
+        victim = self.rng.choice(busy or live)
+        jobs = sorted(running[pid] for pid in fleet.job_pids(victim) & running.keys())
+        deaths = await fleet.kill_worker(victim)
+        fleet.replace_in_background()
+        self.kills.worker.append(
+            {
+                "worker": victim.index,
+                "pid": victim.pid,
+                "killed_at": victim.killed_at,
+                "running_jobs": jobs,
+                "processes_down": len(deaths),
+                "tree_gone_after_s": _gone_after(deaths),
+                "survivors": [d.pid for d in deaths if d.died_at is None],
+            }
+        )
+        self.log(f"SIGKILL worker {victim.index} (pid {victim.pid}) running {len(jobs)} job(s)")
+
+    async def _kill_job(self, patience: float = 30.0) -> None:
+        fleet = self._fleet()
+        deadline = time.time() + patience
+        while time.time() < deadline and not self._finished():
+            running = self._running_pids()
+            owners = {pid: w for w in fleet.live() for pid in fleet.job_pids(w) & running.keys()}
+            if owners:
+                pid = self.rng.choice(sorted(owners))
+                death = await fleet.kill_job(pid, owners[pid])
+                if death is not None:
+                    self.kills.job.append({"pid": pid, "job_id": running[pid]} | asdict(death))
+                    return
+            await asyncio.sleep(0.1)
+        self.kills.skipped.append("job kill: no running job process found")
+
+    def _finished(self) -> bool:
+        return len(self.tracks) == self.s.dispatches and all(t.done for t in self.tracks)
+
+    def _fleet(self) -> Fleet:
+        if self.fleet is None:
+            raise RuntimeError("fleet used before the run started")
+        return self.fleet
+
+    # -- result ----------------------------------------------------------------------------------------
+    def _result(self, server_exit: int | None) -> dict[str, Any]:
+        self.index.refresh()
+        survivors = self.index.survivors()
+        for attempt in survivors:  # a job process that outlived the fleet: reported, then ended
+            kill_attempt_process(attempt)
+        return build_result(self, [a.key for a in survivors], server_exit)
+
+
+def default_json_path(now: float | None = None) -> Path:
+    """bench/results/chaos-<timestamp>.json (the run directory defaults to the same name without .json)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return Path("bench/results") / f"chaos-{stamp}.json"
+
+
+def run_chaos(
+    settings: ChaosSettings, run_dir: Path, log: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Run one chaos benchmark; SIGTERM (like Ctrl-C) stops it cleanly: fleet and server are stopped."""
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        if task is not None:
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await ChaosRun(settings, run_dir, log).run()
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(main())
