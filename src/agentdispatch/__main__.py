@@ -2,4 +2,6 @@
 
 from .cli.main import main
 
-main()
+# guarded: multiprocessing's forkserver and spawn import the main module as `__mp_main__`
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,8 @@ import asyncio
 import click
 from rich.console import Console
 
-from ..bench.demo import DemoSettings, run_demo
+from ..bench.demo import DemoSettings, SimWorkerSource, run_demo
+from ..bench.demo_runtime import RuntimeWorkerSource
 from .logs import setup_logging
 
 
@@ -23,11 +24,17 @@ from .logs import setup_logging
     show_default=True,
     help="Seconds over which the dispatches are created.",
 )
-def demo_command(workers: int, dispatches: int, seconds: float) -> None:
-    """In-memory server + simulated workers + dispatches: watch jobs get placed, wait, run and end."""
+@click.option(
+    "--simulated",
+    is_flag=True,
+    help="Use simulated protocol clients instead of the worker runtime (no job processes).",
+)
+def demo_command(workers: int, dispatches: int, seconds: float, simulated: bool) -> None:
+    """In-memory server + workers (each job in its own process) + dispatches: watch jobs placed and run."""
     setup_logging("WARNING")
     settings = DemoSettings(workers=workers, dispatches=dispatches, seconds=seconds)
+    source = SimWorkerSource() if simulated else RuntimeWorkerSource()
     console = Console()
     if not console.is_terminal:  # pipes and CI logs: wide enough for the table, no live redraws
         console = Console(width=140)
-    asyncio.run(run_demo(settings, console))
+    asyncio.run(run_demo(settings, console, source))
