@@ -23,7 +23,16 @@ from .store import Store
 
 log = logging.getLogger("agentdispatch.server.dispatcher")
 
-ENDED = (agent.JobStatus.JS_SUCCESS, agent.JobStatus.JS_FAILED, agent.JobStatus.JS_CANCELLED)
+JS_PENDING = agent.JobStatus.JS_PENDING
+JS_RUNNING = agent.JobStatus.JS_RUNNING
+JS_SUCCESS = agent.JobStatus.JS_SUCCESS
+JS_FAILED = agent.JobStatus.JS_FAILED
+JS_CANCELLED = agent.JobStatus.JS_CANCELLED
+JSR_UNSPECIFIED = agent.JobStateReason.JSR_UNSPECIFIED
+JSR_RETRYING = agent.JobStateReason.JSR_RETRYING
+JSR_NO_CAPACITY = agent.JobStateReason.JSR_NO_CAPACITY
+JRP_NEVER = agent_dispatch.JobRestartPolicy.JRP_NEVER
+ENDED = (JS_SUCCESS, JS_FAILED, JS_CANCELLED)
 JobListener = Callable[[agent.Job], None]
 
 
@@ -100,7 +109,7 @@ class Dispatcher:
 
     async def _admit(self, job: agent.Job, deadline: float | None, resuming: bool) -> PendingJob:
         self.check_capacity()
-        job.state.status = agent.JobStatus.JS_PENDING
+        job.state.status = JS_PENDING
         job.state.updated_at = self._clock.wall_ns()
         await self._store.add_job(job)
         wait = self._config.dispatch_deadline if deadline is None else deadline
@@ -127,7 +136,7 @@ class Dispatcher:
 
     async def _place(self, pj: PendingJob) -> None:
         if pj.pinned:
-            await self._finish_pending(pj, agent.JobStatus.JS_FAILED, "simulated job was not accepted")
+            await self._finish_pending(pj, JS_FAILED, "simulated job was not accepted")
             return
         if pj.expired:
             await self._fail_no_capacity(pj)
@@ -154,7 +163,7 @@ class Dispatcher:
         if not await worker.send(msg):
             await self._withdraw_offer(pj, worker)
 
-    def _clear_offer(self, pj: PendingJob, worker: WorkerSession) -> None:
+    def _clear_offer(self, pj: PendingJob, worker: WorkerSession, rerank: bool = True) -> None:
         if pj.offer_timer is not None:
             pj.offer_timer.cancel()
             pj.offer_timer = None
@@ -162,7 +171,8 @@ class Dispatcher:
         if pj.job.id in worker.offers:
             worker.offers.discard(pj.job.id)
             worker.load.pending_offers -= 1
-            self._registry.refresh(worker)
+            if rerank:
+                self._registry.refresh(worker)
 
     async def _withdraw_offer(self, pj: PendingJob, worker: WorkerSession) -> None:
         """The offer is void (timeout, refusal, lost worker): try the next worker."""
@@ -188,12 +198,13 @@ class Dispatcher:
             if resp.available:
                 await worker.send(agent.ServerMessage(termination=agent.JobTermination(job_id=resp.job_id)))
             return
-        self._clear_offer(pj, worker)
+        # an accept re-ranks the worker once, in _assign (offer cleared and job added together)
+        self._clear_offer(pj, worker, rerank=not resp.available)
         if resp.available:
             await self._assign(pj, worker, resp)
         elif resp.terminate:
             await self._finish_pending(
-                pj, agent.JobStatus.JS_FAILED, f"worker {worker.id} refused the job and asked to terminate it"
+                pj, JS_FAILED, f"worker {worker.id} refused the job and asked to terminate it"
             )
         else:
             await self._place(pj)
@@ -217,12 +228,12 @@ class Dispatcher:
         )
         now_ns = self._clock.wall_ns()
         state = job.state
-        state.status = agent.JobStatus.JS_RUNNING
+        state.status = JS_RUNNING
         state.worker_id = worker.id
         state.participant_identity = identity
         state.started_at = now_ns
         state.updated_at = now_ns
-        state.reason = agent.JobStateReason.JSR_UNSPECIFIED
+        state.reason = JSR_UNSPECIFIED
         await self._store.update_job(job)
         worker.active_jobs.add(job.id)
         worker.load.since_report += 1
@@ -244,8 +255,8 @@ class Dispatcher:
                 extra={"job_id": update.job_id, "worker_id": worker.id, "status": update.status},
             )
             return
-        if update.status == agent.JobStatus.JS_RUNNING:
-            job.state.status = agent.JobStatus.JS_RUNNING
+        if update.status == JS_RUNNING:
+            job.state.status = JS_RUNNING
             job.state.updated_at = self._clock.wall_ns()
             await self._store.update_job(job)
             self._emit(job)
@@ -254,7 +265,7 @@ class Dispatcher:
             return
         worker.active_jobs.discard(job.id)
         self._registry.refresh(worker)
-        if update.status == agent.JobStatus.JS_FAILED:
+        if update.status == JS_FAILED:
             await self.restart_or_fail(job, update.error or "job failed", worker.id)
         else:
             self._set_ended(job, update.status, update.error, 0)
@@ -272,22 +283,22 @@ class Dispatcher:
         restarts = self._restarts.get(job.id, 0)
         never = (
             dispatch is None
-            or dispatch.restart_policy == agent_dispatch.JobRestartPolicy.JRP_NEVER
+            or dispatch.restart_policy == JRP_NEVER
             or bool(dispatch.state.deleted_at)
         )
         if never or restarts >= self._config.max_restarts:
             suffix = f" (after {restarts} restarts)" if restarts else ""
-            await self._end_now(job, agent.JobStatus.JS_FAILED, error + suffix, 0)
+            await self._end_now(job, JS_FAILED, error + suffix, 0)
             return
         self._restarts[job.id] = restarts + 1
         job.state.error = f"restart {restarts + 1}/{self._config.max_restarts}: {error}"
-        job.state.reason = agent.JobStateReason.JSR_RETRYING
+        job.state.reason = JSR_RETRYING
         job.state.worker_id = ""
         log.warning("restarting job", extra={"job_id": job.id, "worker_id": failed_worker_id, "error": error})
         try:
             pj = await self._admit(job, None, resuming=True)
         except TwirpError:
-            await self._end_now(job, agent.JobStatus.JS_FAILED, f"{error}; restart refused: queue full", 0)
+            await self._end_now(job, JS_FAILED, f"{error}; restart refused: queue full", 0)
             return
         pj.tried.add(failed_worker_id)
         await self._place(pj)
@@ -379,9 +390,9 @@ class Dispatcher:
         )
         await self._finish_pending(
             pj,
-            agent.JobStatus.JS_FAILED,
+            JS_FAILED,
             f"no worker available within {self._config.dispatch_deadline:g}s ({where})",
-            agent.JobStateReason.JSR_NO_CAPACITY,
+            JSR_NO_CAPACITY,
         )
 
     # -- timers (sync callbacks that hand off to tracked tasks) --------------------------------

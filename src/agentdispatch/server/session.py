@@ -20,6 +20,8 @@ MAX_DEPLOYMENT_BYTES = 64
 MAX_NAME_BYTES = 256
 
 WorkerKey = tuple[str, str, int, str]
+WS_AVAILABLE = agent.WorkerStatus.WS_AVAILABLE
+WS_FULL = agent.WorkerStatus.WS_FULL
 ANY_DEPLOYMENT = "*"
 
 
@@ -99,7 +101,7 @@ class WorkerSession:
         self.encoding = Encoding.BINARY
         self.reg: Registration | None = None
         self.load = LoadState()
-        self.status = agent.WorkerStatus.WS_AVAILABLE
+        self.status = WS_AVAILABLE
         self.draining = False
         self.reported_jobs = 0
         self.offers: set[str] = set()
@@ -128,7 +130,7 @@ class WorkerSession:
     @property
     def eligible(self) -> bool:
         """Can be offered new jobs: registered, reporting AVAILABLE, not draining."""
-        return self.is_open and self.status == agent.WorkerStatus.WS_AVAILABLE and not self.draining
+        return self.is_open and self.status == WS_AVAILABLE and not self.draining
 
     def apply_status(self, update: agent.UpdateWorkerStatus) -> None:
         """Apply an UpdateWorkerStatus with the load sanitised (see docs/server.md)."""
@@ -136,7 +138,7 @@ class WorkerSession:
             self.status = update.status
         self.draining = update.draining
         status_only = update.load == 0.0 and (
-            self.draining or (update.HasField("status") and update.status == agent.WorkerStatus.WS_FULL)
+            self.draining or (update.HasField("status") and update.status == WS_FULL)
         )
         if not status_only:
             self.load.reported = sanitize_load(update.load)
