@@ -12,13 +12,13 @@ import contextlib
 import inspect
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 from .ipc import (
     ChildConfig,
@@ -55,44 +55,54 @@ class Channel:
 
 
 class Inbox:
-    """Reads the pipe in a thread; hands messages to the job's event loop once one is attached."""
+    """The pipe from the worker. While idle the main thread reads it directly (no thread hand-off on the
+    job start path); once a job runs, a reader thread delivers messages to the job's event loop. Pipe EOF
+    means the worker is gone."""
 
     def __init__(self, conn: Connection, parent_pid: int) -> None:
         self._conn = conn
         self._parent_pid = parent_pid
-        self._queue: queue.SimpleQueue[ParentMessage] = queue.SimpleQueue()
-        self._lock = threading.Lock()
         self._target: tuple[asyncio.AbstractEventLoop, Callable[[ParentMessage], None]] | None = None
-        threading.Thread(target=self._run, name="worker-pipe", daemon=True).start()
 
     def get(self) -> ParentMessage:
-        return self._queue.get()
+        """Block the calling thread for the next message (used before the job starts)."""
+        try:
+            while not self._conn.poll(PARENT_CHECK_INTERVAL):
+                if not _alive(self._parent_pid):
+                    _orphaned(self._parent_pid)
+            msg: ParentMessage = self._conn.recv()
+        except (EOFError, OSError):
+            _orphaned(self._parent_pid)
+        return msg
 
     def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[ParentMessage], None]) -> None:
-        with self._lock:
-            self._target = (loop, handler)
-            while not self._queue.empty():
-                loop.call_soon_threadsafe(handler, self._queue.get())
-
-    def _deliver(self, msg: ParentMessage) -> None:
-        with self._lock:
-            if self._target is None:
-                self._queue.put(msg)
-                return
-            loop, handler = self._target
-        with contextlib.suppress(RuntimeError):  # loop already closed: the job is ending anyway
-            loop.call_soon_threadsafe(handler, msg)
+        """From now on, deliver messages to `handler` on `loop` (from a reader thread)."""
+        self._target = (loop, handler)
+        threading.Thread(target=self._run, name="worker-pipe", daemon=True).start()
 
     def _run(self) -> None:
+        if self._target is None:
+            return
+        loop, handler = self._target
         try:
             while True:
                 if self._conn.poll(PARENT_CHECK_INTERVAL):
-                    self._deliver(self._conn.recv())
+                    msg = self._conn.recv()
+                    with contextlib.suppress(RuntimeError):  # loop closed: the job is ending anyway
+                        loop.call_soon_threadsafe(handler, msg)
                 elif not _alive(self._parent_pid):
                     break
         except (EOFError, OSError):
             pass
         _orphaned(self._parent_pid)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Runs for the life of the process: a prewarm that hangs must not outlive a dead worker either."""
+    while True:
+        time.sleep(PARENT_CHECK_INTERVAL)
+        if not _alive(parent_pid):
+            _orphaned(parent_pid)
 
 
 def _alive(pid: int) -> bool:
@@ -105,7 +115,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _orphaned(parent_pid: int) -> None:
+def _orphaned(parent_pid: int) -> NoReturn:
     """The worker is gone: take our own children down and exit immediately."""
     with contextlib.suppress(OSError):
         os.write(
@@ -196,6 +206,7 @@ async def _run(
 def main(conn: Connection, config: ChildConfig) -> None:
     channel = Channel(conn)
     _setup(config, channel)
+    threading.Thread(target=_watch_parent, args=(config.parent_pid,), name="parent", daemon=True).start()
     inbox = Inbox(conn, config.parent_pid)
     from .job import JobProcess
 
@@ -205,10 +216,12 @@ def main(conn: Connection, config: ChildConfig) -> None:
     except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported, then we exit
         channel.send(InitDone(error=format_error(exc)))
         _exit(1)
+    loop = asyncio.new_event_loop()  # created now, not on the job start path
+    asyncio.set_event_loop(loop)
     channel.send(InitDone())
     msg = inbox.get()
     if isinstance(msg, StartJob):
-        asyncio.run(_run(entrypoint, proc, msg, channel, inbox))
+        loop.run_until_complete(_run(entrypoint, proc, msg, channel, inbox))
     _exit(0)
 
 

@@ -80,23 +80,34 @@ class JobManager:
         self._jobs[job.id] = rj
         self._empty.clear()
         start = StartJob(job.SerializeToString(), url, token, worker_id, accept)
-        self._tasks.spawn(self._run(rj, start), f"job:{job.id}")
+        proc = self._pool.acquire_nowait()
+        launched = proc is not None and self._launch(rj, proc, start)  # warm path: no event-loop hop
+        self._tasks.spawn(self._run(rj, start, launched), f"job:{job.id}")
 
-    async def _run(self, rj: RunningJob, start: StartJob) -> None:
-        extra = {"job_id": rj.id, "room": rj.job.room.name}
-        try:
-            proc = await self._pool.acquire()
-        except InitError as exc:
-            await self._finish(rj, JS_FAILED, f"no job process could be started: {exc}")
-            return
+    def _launch(self, rj: RunningJob, proc: SupervisedProc, start: StartJob) -> bool:
         rj.proc = proc
         try:
             proc.launch(start, rj.id)
         except WorkerError as exc:
-            await self._finish(rj, JS_FAILED, f"job process unusable: {exc}")
-            return
+            log.warning("job process unusable: %s", exc, extra={"job_id": rj.id, "pid": proc.pid})
+            rj.proc = None
+            return False
         if rj.stop_reason:
             proc.request_shutdown(rj.stop_reason)
+        return True
+
+    async def _run(self, rj: RunningJob, start: StartJob, launched: bool) -> None:
+        extra = {"job_id": rj.id, "room": rj.job.room.name}
+        while not launched:
+            try:
+                candidate = await self._pool.acquire()
+            except InitError as exc:
+                await self._finish(rj, JS_FAILED, f"no job process could be started: {exc}")
+                return
+            launched = self._launch(rj, candidate, start)
+        proc = rj.proc
+        if proc is None:
+            raise WorkerError(f"job {rj.id} launched without a process")
         if await proc.wait_started():
             rj.status = JS_RUNNING
             log.info("job running", extra={**extra, "pid": proc.pid})

@@ -93,13 +93,20 @@ class ProcPool:
             self._idle_changed.clear()
             await self._idle_changed.wait()
 
-    async def acquire(self) -> SupervisedProc:
-        """A prewarmed process for a job: an idle one now, else the next to finish prewarm."""
+    def acquire_nowait(self) -> SupervisedProc | None:
+        """An idle prewarmed process, or None (lets a job start without an event-loop hop)."""
         while self._idle:
             proc = self._idle.popleft()
             if not proc.exited:
                 self._wake.set()
                 return proc
+        return None
+
+    async def acquire(self) -> SupervisedProc:
+        """A prewarmed process for a job: an idle one now, else the next to finish prewarm."""
+        proc = self.acquire_nowait()
+        if proc is not None:
+            return proc
         fut: asyncio.Future[SupervisedProc] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._wake.set()

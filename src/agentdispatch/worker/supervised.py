@@ -10,6 +10,7 @@ import enum
 import logging
 import multiprocessing
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -390,6 +391,9 @@ class SupervisedProc:
 def _preload_modules(child: ChildConfig) -> list[str]:
     """Imported once by the forkserver (when it starts), so every job process inherits them already loaded."""
     modules = ["__main__", "agentdispatch.worker.job"]
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if main_spec is not None and main_spec.name not in ("__main__", "__mp_main__"):
+        modules.append(main_spec.name)  # a `python -m` main is imported by name in every child
     for ref in (child.entrypoint, child.prewarm):
         if ref is not None and ref.module:
             modules.append(ref.module)
