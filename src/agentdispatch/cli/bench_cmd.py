@@ -18,6 +18,7 @@ from ..bench.dispatch_client import CLIENTS
 from ..bench.report import dispatch_table, write_json
 from ..bench.serverproc import BenchError
 from ..protocol import ConfigError
+from .worker_bench_cmd import worker_bench_command
 
 
 @click.group("bench")
@@ -104,3 +105,6 @@ def dispatch_command(
         out = Console(width=140)
     out.print(dispatch_table(result))
     click.echo(f"results written to {path}")
+
+
+bench_group.add_command(worker_bench_command)

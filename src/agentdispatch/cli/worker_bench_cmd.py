@@ -1,0 +1,83 @@
+"""`agentdispatch bench worker`: job start latency and idle process memory, ours vs livekit-agents.
+
+Argument parsing only; `bench.worker_bench` does the work (see bench/README.md, "worker").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ..bench.report import write_json
+from ..bench.serverproc import BenchError
+from ..bench.worker_bench import LOG_LEVELS, WorkerBenchSettings, default_json_path, run_worker_bench
+from ..bench.worker_bench_result import worker_table
+from ..protocol import ConfigError
+
+
+@click.command("worker")
+@click.option(
+    "--jobs", type=click.IntRange(1), default=40, show_default=True, help="Measured jobs per worker."
+)
+@click.option(
+    "--idle", type=click.IntRange(1), default=3, show_default=True, help="num_idle_processes of both workers."
+)
+@click.option(
+    "--warmup-jobs", type=click.IntRange(0), default=2, show_default=True, help="Unmeasured jobs first."
+)
+@click.option(
+    "--pause",
+    type=click.FloatRange(0),
+    default=0.25,
+    show_default=True,
+    help="Seconds between a full pool and the next dispatch.",
+)
+@click.option(
+    "--settle", type=click.FloatRange(0), default=2.0, show_default=True, help="Idle seconds before memory."
+)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="INFO", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the workers' logs and records here (default: a temporary directory).",
+)
+def worker_bench_command(
+    jobs: int,
+    idle: int,
+    warmup_jobs: int,
+    pause: float,
+    settle: float,
+    log_level: str,
+    json_path: Path | None,
+    workdir: Path | None,
+) -> None:
+    """Job start latency (warm pool) and idle process memory: our worker vs livekit-agents, same server."""
+    console = Console(stderr=True)
+    try:
+        settings = WorkerBenchSettings(
+            jobs=jobs,
+            idle=idle,
+            warmup_jobs=warmup_jobs,
+            pause=pause,
+            settle=settle,
+            log_level=log_level,
+            workdir=workdir,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    path = json_path or default_json_path(time.time())
+    try:
+        result = run_worker_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    write_json(result, path)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=140)
+    out.print(worker_table(result))
+    click.echo(f"results written to {path}")
