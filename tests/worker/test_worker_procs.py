@@ -154,7 +154,7 @@ async def test_init_timeout_kills_the_process_and_backs_off(caplog: pytest.LogCa
     pool = ProcPool(spawn, target=1, backoff=BackoffPolicy(base=0.2, cap=5.0))
     pool.start()
     try:
-        await wait_until(lambda: pool.stats.init_failures >= 3, 15, "three init failures")
+        await wait_until(lambda: len(pool.stats.backoff_delays) >= 3, 15, "three backoffs after init failures")
     finally:
         await pool.aclose()
     # each failure doubles the wait before the next attempt: no tight respawn loop
@@ -265,3 +265,20 @@ async def test_processes_a_job_leaves_behind_are_stopped_when_it_ends(
     rec = await wait_record(out, "child")
     await listed_status(lkapi, "room-leaver", JS_SUCCESS)
     await wait_until(lambda: pid_gone(rec["child"]) and pid_gone(rec["pid"]), 5, "the job and what it left")
+
+
+async def test_spawn_context_runs_jobs_with_prewarm_too(
+    start_worker: Any, lkapi: api.LiveKitAPI, out_file: Any
+) -> None:
+    await start_worker(
+        agent_name="spawned",
+        entrypoint_fnc="worker_agents:entry_record",
+        prewarm_fnc="worker_agents:prewarm_userdata",
+        multiprocessing_context="spawn",
+        ready=1,
+    )
+    out = out_file("spawned")
+    await dispatch(lkapi, "room-spawned", "spawned", out=out)
+    rec = await wait_record(out)
+    assert rec["userdata"] == {"prewarmed_in": rec["pid"], "model": "loaded"}
+    await listed_status(lkapi, "room-spawned", JS_SUCCESS)
