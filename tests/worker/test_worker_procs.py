@@ -154,7 +154,7 @@ async def test_init_timeout_kills_the_process_and_backs_off(caplog: pytest.LogCa
     pool = ProcPool(spawn, target=1, backoff=BackoffPolicy(base=0.2, cap=5.0))
     pool.start()
     try:
-        await wait_until(lambda: len(pool.stats.backoff_delays) >= 3, 15, "three backoffs after init failures")
+        await wait_until(lambda: len(pool.stats.backoff_delays) >= 3, 15, "three backoffs")
     finally:
         await pool.aclose()
     # each failure doubles the wait before the next attempt: no tight respawn loop
