@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import random
 import socket
 from typing import Any
@@ -20,7 +22,7 @@ from agentdispatch.worker.connection import (
     WorkerConnection,
     backoff_delay,
 )
-from conftest import JobWatch, dispatch, listed_status, pid_gone, wait_record, wait_until
+from conftest import FAST, JobWatch, dispatch, listed_status, pid_gone, read_record, wait_record, wait_until
 
 JS_RUNNING = agent.JobStatus.JS_RUNNING
 JS_SUCCESS = agent.JobStatus.JS_SUCCESS
@@ -200,3 +202,29 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         delays = [backoff_delay(attempt, 0.5, 15.0, rng) for _ in range(50)]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(set(delays)) > 1  # jittered: workers do not reconnect in lockstep
+
+
+async def test_a_job_ending_while_disconnected_is_reported_after_reconnecting(
+    start_worker: Any,
+    lkapi: api.LiveKitAPI,
+    server: DispatchServer,
+    out_file: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "agentdispatch.worker")
+    slow_reconnect = dataclasses.replace(FAST, reconnect_base=2.0, reconnect_cap=2.0)  # retry after 1-2 s
+    worker = await start_worker(
+        agent_name="gap", entrypoint_fnc="worker_agents:entry_sleep", tuning=slow_reconnect
+    )
+    out = out_file("gap")
+    await dispatch(lkapi, "room-gap", "gap", out=out, seconds=0.5)
+    await wait_record(out)
+    first_id = worker.id
+    await server.registry.get(first_id).ws.close()
+    await wait_until(lambda: read_record(out).get("state") == "finished", 5, "the job to end")
+    await wait_until(lambda: len(worker.jobs) == 0, 5, "the job process to exit")
+    assert not worker.conn.connected  # the job ended inside the gap
+    assert any("kept for the next connection" in r.getMessage() for r in caplog.records)
+    await wait_until(lambda: worker.conn.connected, 10, "the reconnection")
+    job = await listed_status(lkapi, "room-gap", JS_SUCCESS)  # migrated, then the kept status replayed
+    assert job.state.worker_id == worker.id != first_id
