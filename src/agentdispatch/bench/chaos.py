@@ -33,7 +33,7 @@ from livekit.protocol import agent, agent_dispatch
 
 from ..protocol import ConfigError, TaskSet
 from .chaos_analysis import DispatchOutcome, JobView
-from .chaos_fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess
+from .chaos_fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess, WorkerProc
 from .chaos_record import job_metadata
 from .chaos_result import build_result
 from .chaos_watch import AttemptIndex, kill_attempt_process
@@ -323,16 +323,28 @@ class ChaosRun:
         self.index.refresh()
         return {a.pid: a.job_id for a in self.index.running()}
 
-    async def _kill_worker(self) -> None:
+    async def _pick_busy_worker(self, patience: float) -> tuple[WorkerProc | None, dict[int, str]]:
+        """A live worker with a running job process (waiting up to `patience`), else any live one."""
         fleet = self._fleet()
-        running = self._running_pids()
-        live = fleet.live()
-        busy = [w for w in live if fleet.job_pids(w) & running.keys()]
-        if not live:
+        deadline = time.time() + patience
+        while True:
+            running = self._running_pids()
+            live = fleet.live()
+            busy = [w for w in live if fleet.job_pids(w) & running.keys()]
+            if busy or time.time() >= deadline or self._finished():
+                victim = self.rng.choice(busy or live) if live else None
+                return victim, {
+                    pid: running[pid] for pid in fleet.job_pids(victim) & running.keys()
+                } if victim else {}
+            await asyncio.sleep(0.1)
+
+    async def _kill_worker(self, patience: float = 30.0) -> None:
+        fleet = self._fleet()
+        victim, jobs = await self._pick_busy_worker(patience)
+        if victim is None:
             self.kills.skipped.append("worker kill: no live worker")
             return
-        victim = self.rng.choice(busy or live)
-        jobs = sorted(running[pid] for pid in fleet.job_pids(victim) & running.keys())
+        assigned = await asyncio.to_thread(fleet.assigned_jobs, victim)
         deaths = await fleet.kill_worker(victim)
         fleet.replace_in_background()
         self.kills.worker.append(
@@ -340,13 +352,18 @@ class ChaosRun:
                 "worker": victim.index,
                 "pid": victim.pid,
                 "killed_at": victim.killed_at,
-                "running_jobs": jobs,
+                "running_jobs": sorted(jobs.values()),
+                "assigned_jobs": assigned,
                 "processes_down": len(deaths),
                 "tree_gone_after_s": _gone_after(deaths),
+                "job_processes_gone_after_s": _gone_after([d for d in deaths if d.pid in jobs]),
                 "survivors": [d.pid for d in deaths if d.died_at is None],
             }
         )
-        self.log(f"SIGKILL worker {victim.index} (pid {victim.pid}) running {len(jobs)} job(s)")
+        self.log(
+            f"SIGKILL worker {victim.index} (pid {victim.pid}): {len(jobs)} job process(es) running,"
+            f" {len(assigned)} job(s) assigned"
+        )
 
     async def _kill_job(self, patience: float = 30.0) -> None:
         fleet = self._fleet()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +201,15 @@ class Fleet:
 
     def live(self) -> list[WorkerProc]:
         return [w for w in self.workers if w.alive]
+
+    def assigned_jobs(self, worker: WorkerProc) -> list[str]:
+        """Ids of the jobs the worker holds (running or waiting for a process), from its `GET /worker`."""
+        try:
+            with urllib.request.urlopen(worker.http_url + "/worker", timeout=2.0) as resp:
+                info = json.load(resp)
+            return sorted(str(job["id"]) for job in info.get("jobs", []))
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
 
     def job_pids(self, worker: WorkerProc) -> set[int]:
         return {p.pid for p in descendants(worker.pid)}
