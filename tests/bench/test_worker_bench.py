@@ -67,11 +67,17 @@ def test_every_section_present_and_jobs_succeeded(run: tuple[dict[str, Any], str
         assert result["jobs"][kind]["modules_at_entry"] > 0
         assert_ms_summary(result["latency"][kind]["dispatch_to_entry_ms"])
         assert_ms_summary(result["latency"][kind]["create_call_ms"])
-        # a job during which the VM's wall clock was stepped is left out of the wall-clock measure only
-        stepped = result["jobs"][kind]["wall_clock_stepped"]
-        assert stepped < JOBS
-        assert_ms_summary(result["latency"][kind]["assignment_to_entry_ms"], JOBS - stepped)
-    assert result["failures"] == {"jobs": [], "shutdown": []}
+        # left out of the wall-clock measure only: jobs during which the VM's wall clock was stepped, and
+        # jobs run twice (livekit-agents' job process now and then exits 255 after the job; the server
+        # restarts it)
+        jobs = result["jobs"][kind]
+        left_out = jobs["wall_clock_stepped"] + jobs["restarted"]
+        assert left_out < JOBS
+        assert_ms_summary(result["latency"][kind]["assignment_to_entry_ms"], JOBS - left_out)
+    assert result["jobs"]["ours"]["restarted"] == 0
+    failures = result["failures"]
+    assert failures["jobs"] == [] and failures["shutdown"] == []
+    assert all(s["worker"] == "lk" and s["runs"] == 2 for s in failures["restarted"])
     assert "job start p50" in stdout and "idle process USS" in stdout
 
 
@@ -83,11 +89,12 @@ def test_each_job_ran_on_its_worker_in_its_own_process(run: tuple[dict[str, Any]
     assert all(len(ids) == 1 for ids in worker_ids.values()), worker_ids
     assert worker_ids["ours"] != worker_ids["lk"]
     assert len({s["pid"] for s in samples}) == len(samples), "a process ran two jobs"
+    assert all(s["runs"] == 1 for s in samples if s["worker"] == "ours")
     assert len({s["job_id"] for s in samples}) == len(samples)
     for s in samples:
         assert s["status"] == "JS_SUCCESS" and s["started_at_matches"]
         assert s["create_call_s"] > 0
-        if abs(s["wall_clock_step_s"]) <= 0.0005:
+        if abs(s["wall_clock_step_s"]) <= 0.0005 and s["runs"] == 1:
             # the server assigns after CreateDispatch was sent: dispatch -> entry covers assignment -> entry
             assert 0 < s["assignment_to_entry_s"] < s["dispatch_to_entry_s"] + 0.001, s
 

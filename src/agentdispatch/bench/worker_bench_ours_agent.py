@@ -1,7 +1,9 @@
-"""The agentdispatch side of `agentdispatch bench worker` (run as a script, never imported).
+"""The agentdispatch side of `agentdispatch bench worker` (run as a program, never imported by the bench).
 
     AGENTDISPATCH_BENCH_OUT=/tmp/x AGENTDISPATCH_BENCH_IDLE=3 \
         python worker_bench_ours_agent.py start --url ws://127.0.0.1:PORT --api-key devkey --api-secret secret
+    # or, the same options through the `agentdispatch worker` command:
+    agentdispatch worker start worker_bench_ours_agent.py --url ...
 
 Production mode (`start`), agent_name "ours", a load function that always answers 0 so a busy machine
 never makes the worker refuse. The entrypoint takes its timestamps first, writes them, and ends the job.
@@ -35,13 +37,13 @@ def zero_load() -> float:
     return 0.0
 
 
+worker_options = WorkerOptions(
+    entrypoint_fnc=entrypoint,
+    prewarm_fnc=prewarm,
+    agent_name="ours",
+    num_idle_processes=idle_processes(),
+    load_fnc=zero_load,
+)
+
 if __name__ == "__main__":
-    cli.run_app(
-        WorkerOptions(
-            entrypoint_fnc=entrypoint,
-            prewarm_fnc=prewarm,
-            agent_name="ours",
-            num_idle_processes=idle_processes(),
-            load_fnc=zero_load,
-        )
-    )
+    cli.run_app(worker_options)

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,25 +66,14 @@ def livekit_agents_version() -> str:
 class WorkerProcess:
     """A worker program started by the benchmark; `root` holds its output directory and its log."""
 
-    def __init__(self, spec: WorkerSpec, root: Path, ws_url: str, idle: int, extra_args: list[str]) -> None:
+    def __init__(self, spec: WorkerSpec, root: Path, command: list[str], idle: int) -> None:
         self.spec = spec
         self.out_dir = root / f"out-{spec.kind}"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"worker-{spec.kind}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "LK_"))}
         env.update({OUT_ENV: str(self.out_dir), IDLE_ENV: str(idle), "PYTHONUNBUFFERED": "1"})
-        self.command = [
-            sys.executable,
-            str(spec.script),
-            "start",
-            "--url",
-            ws_url,
-            "--api-key",
-            "devkey",
-            "--api-secret",
-            "secret",
-            *extra_args,
-        ]
+        self.command = command
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.command,
@@ -97,7 +85,9 @@ class WorkerProcess:
             )
         self.ps = psutil.Process(self.proc.pid)
         self._seen: set[str] = set()
-        self._jobs: dict[str, dict[str, Any]] = {}
+        #: dispatch id -> one record per run of its job, in start order (a job restarted by the server
+        #: after its process failed runs again, in another process)
+        self._jobs: dict[str, list[dict[str, Any]]] = {}
         self._ready: dict[int, dict[str, Any]] = {}
 
     @property
@@ -126,7 +116,9 @@ class WorkerProcess:
                 continue
             if name.startswith(JOB_PREFIX):
                 record = json.loads(Path(entry.path).read_text())
-                self._jobs[record["dispatch_id"]] = record
+                runs = self._jobs.setdefault(record["dispatch_id"], [])
+                runs.append(record)
+                runs.sort(key=lambda r: int(r["mono_ns"]))
             elif name.startswith(READY_PREFIX):
                 record = json.loads(Path(entry.path).read_text())
                 self._ready[int(record["pid"])] = record
@@ -135,10 +127,16 @@ class WorkerProcess:
             self._seen.add(name)
 
     def job_record(self, dispatch_id: str) -> dict[str, Any] | None:
-        """What the entrypoint of this dispatch's job recorded, once it has run."""
+        """What the entrypoint of this dispatch's job recorded the first time it ran."""
         if dispatch_id not in self._jobs:
             self._scan()
-        return self._jobs.get(dispatch_id)
+        runs = self._jobs.get(dispatch_id)
+        return runs[0] if runs else None
+
+    def job_runs(self, dispatch_id: str) -> list[dict[str, Any]]:
+        """Every run of this dispatch's job so far (more than one: the server restarted it)."""
+        self._scan()
+        return list(self._jobs.get(dispatch_id, []))
 
     def ready_records(self) -> dict[int, dict[str, Any]]:
         """pid -> what prewarm recorded."""
@@ -147,7 +145,7 @@ class WorkerProcess:
 
     def job_pids(self) -> set[int]:
         self._scan()
-        return {int(r["pid"]) for r in self._jobs.values()}
+        return {int(r["pid"]) for runs in self._jobs.values() for r in runs}
 
     # -- process tree ----------------------------------------------------------------------------------
     def classify(self) -> list[ProcInfo]:

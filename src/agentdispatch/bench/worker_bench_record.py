@@ -5,7 +5,7 @@ job processes) and read by `worker_bench.py`. Standard library only, and careful
 measures: the prewarm record touches no module object (iterating `sys.modules` in an idle process would
 copy-on-write every page holding a module and inflate its USS), and nothing is imported there.
 
-- ``job-<job id>.json``: the instant the entrypoint started, on CLOCK_MONOTONIC (one clock for every
+- ``job-<job id>-<pid>.json``: the instant the entrypoint started, on CLOCK_MONOTONIC (one clock for every
   process of a Linux machine, comparable with the benchmark's send time) and on the wall clock
   (comparable with the server's ``job.state.started_at``), plus who ran it;
 - ``ready-<pid>.json``: written by prewarm, the last step before a process counts as idle and warm;
@@ -65,7 +65,8 @@ def write_job_record(
         "ppid": os.getppid(),
         "modules": len(sys.modules),
     }
-    _write(f"{JOB_PREFIX}{job_id}.json", json.dumps(record))
+    # the pid in the name: a job the server restarts runs again, in another process
+    _write(f"{JOB_PREFIX}{job_id}-{os.getpid()}.json", json.dumps(record))
 
 
 def write_ready_record() -> None:

@@ -19,7 +19,8 @@ MAX_CLOCK_STEP_S = 0.0005
 KINDS = (OURS.kind, LIVEKIT.kind)
 LATENCIES = {
     "assignment_to_entry_ms": "JobAssignment sent (job.state.started_at, wall) -> entrypoint runs (wall);"
-    " jobs during which the wall clock was stepped are left out (jobs.<worker>.wall_clock_stepped)",
+    " left out: jobs during which the wall clock was stepped (jobs.<worker>.wall_clock_stepped) and jobs"
+    " the server restarted after their process failed (jobs.<worker>.restarted)",
     "dispatch_to_entry_ms": "CreateDispatch sent -> entrypoint runs (CLOCK_MONOTONIC)",
     "create_call_ms": "CreateDispatch request -> response",
 }
@@ -33,6 +34,8 @@ class JobSample:
     pid: int
     status: str
     worker_id: str
+    #: how many times the job's entrypoint ran (> 1: its process failed and the server restarted it)
+    runs: int
     dispatch_to_entry_s: float
     assignment_to_entry_s: float
     create_call_s: float
@@ -48,8 +51,13 @@ def clock_stepped(sample: JobSample) -> bool:
     return abs(sample.wall_clock_step_s) > MAX_CLOCK_STEP_S
 
 
+def wall_measure_valid(sample: JobSample) -> bool:
+    """started_at -> entrypoint needs one run (started_at is the last assignment's) and a steady clock."""
+    return sample.runs == 1 and not clock_stepped(sample)
+
+
 def _latencies(samples: Sequence[JobSample]) -> dict[str, Any]:
-    steady = [s for s in samples if not clock_stepped(s)]
+    steady = [s for s in samples if wall_measure_valid(s)]
     return {
         "assignment_to_entry_ms": summarize_ms(s.assignment_to_entry_s for s in steady),
         "dispatch_to_entry_ms": summarize_ms(s.dispatch_to_entry_s for s in samples),
@@ -125,6 +133,7 @@ def build_result(
                 "succeeded": sum(s.status == "JS_SUCCESS" for s in v),
                 "modules_at_entry": max((s.modules_at_entry for s in v), default=None),
                 "wall_clock_stepped": sum(clock_stepped(s) for s in v),
+                "restarted": sum(s.runs > 1 for s in v),
             }
             for k, v in by_kind.items()
         },
@@ -132,7 +141,11 @@ def build_result(
         "memory": measured["memory"],
         "ratio_ours_vs_livekit": ratios,
         "targets": _targets(ratios),
-        "failures": {"jobs": failed, "shutdown": problems},
+        "failures": {
+            "jobs": failed,
+            "restarted": [asdict(s) for s in samples if s.runs > 1],
+            "shutdown": problems,
+        },
         "phase_seconds": measured["phase_seconds"],
         "samples": [asdict(s) for s in samples],
     }
@@ -200,6 +213,8 @@ def worker_table(result: dict[str, Any]) -> Table:
     table.add_row("jobs succeeded", *[f"{jobs[k]['succeeded']}/{jobs[k]['measured']}" for k in KINDS], "")
     stepped = [str(jobs[k]["wall_clock_stepped"]) for k in KINDS]
     table.add_row("left out: wall clock stepped", *stepped, "job start only")
+    restarted = [str(jobs[k]["restarted"]) for k in KINDS]
+    table.add_row("restarted: process failed", *restarted, "job start only")
     busy = result["method"]["machine_cores_busy_while_measuring"]
     table.add_row("machine cores busy", _num(busy), "", f"of {result['cpu_count']}")
     for name, met in result["targets"].items():

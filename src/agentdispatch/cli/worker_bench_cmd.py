@@ -13,7 +13,13 @@ from rich.console import Console
 
 from ..bench.report import write_json
 from ..bench.serverproc import BenchError
-from ..bench.worker_bench import LOG_LEVELS, WorkerBenchSettings, default_json_path, run_worker_bench
+from ..bench.worker_bench import (
+    LOG_LEVELS,
+    OURS_LAUNCH,
+    WorkerBenchSettings,
+    default_json_path,
+    run_worker_bench,
+)
 from ..bench.worker_bench_result import worker_table
 from ..protocol import ConfigError
 
@@ -39,6 +45,13 @@ from ..protocol import ConfigError
     "--settle", type=click.FloatRange(0), default=2.0, show_default=True, help="Idle seconds before memory."
 )
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="INFO", show_default=True)
+@click.option(
+    "--ours-launch",
+    type=click.Choice(OURS_LAUNCH),
+    default="script",
+    show_default=True,
+    help="Our worker as `python agent.py start` (script) or `agentdispatch worker start agent.py` (cli).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--workdir",
@@ -53,6 +66,7 @@ def worker_bench_command(
     pause: float,
     settle: float,
     log_level: str,
+    ours_launch: str,
     json_path: Path | None,
     workdir: Path | None,
 ) -> None:
@@ -66,6 +80,7 @@ def worker_bench_command(
             pause=pause,
             settle=settle,
             log_level=log_level,
+            ours_launch=ours_launch,
             workdir=workdir,
         )
     except ConfigError as exc:
