@@ -15,9 +15,10 @@ from rich.console import Console
 
 from ..bench.dispatch import DispatchBenchSettings, default_json_path, run_dispatch_bench
 from ..bench.dispatch_client import CLIENTS
-from ..bench.report import dispatch_table, write_json
+from ..bench.report import dispatch_table
 from ..bench.serverproc import BenchError
 from ..protocol import ConfigError
+from .output import publish_result
 from .worker_bench_cmd import worker_bench_command
 
 
@@ -99,12 +100,7 @@ def dispatch_command(
         result = run_dispatch_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
-    write_json(result, path)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=140)
-    out.print(dispatch_table(result))
-    click.echo(f"results written to {path}")
+    publish_result(result, path, dispatch_table(result))
 
 
 bench_group.add_command(worker_bench_command)

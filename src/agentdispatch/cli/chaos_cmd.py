@@ -13,9 +13,9 @@ from rich.console import Console
 
 from ..bench.chaos import ChaosSettings, default_json_path, run_chaos
 from ..bench.chaos_result import chaos_table
-from ..bench.report import write_json
 from ..bench.serverproc import BenchError
 from ..protocol import ConfigError
+from .output import publish_result
 
 
 @click.command("chaos")
@@ -87,12 +87,7 @@ def chaos_command(json_path: Path | None, run_dir: Path | None, **options: int |
         raise click.ClickException(str(exc)) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise click.ClickException(f"interrupted; workers and server stopped (logs in {run_dir})") from None
-    write_json(result, json_path)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=150)
-    out.print(chaos_table(result))
-    click.echo(f"results written to {json_path}")
+    publish_result(result, json_path, chaos_table(result))
     if not result["ok"]:
         click.echo(f"chaos FAILED: lost={result['lost']} double_run={result['double_run']}", err=True)
         sys.exit(1)

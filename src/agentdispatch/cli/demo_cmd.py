@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import click
-from rich.console import Console
 
 from ..bench.demo import DemoSettings, SimWorkerSource, run_demo
 from ..bench.demo_runtime import RuntimeWorkerSource
 from .logs import setup_logging
+from .output import stdout_console
 
 
 @click.command("demo")
@@ -34,7 +34,5 @@ def demo_command(workers: int, dispatches: int, seconds: float, simulated: bool)
     setup_logging("WARNING")
     settings = DemoSettings(workers=workers, dispatches=dispatches, seconds=seconds)
     source = SimWorkerSource() if simulated else RuntimeWorkerSource()
-    console = Console()
-    if not console.is_terminal:  # pipes and CI logs: wide enough for the table, no live redraws
-        console = Console(width=140)
+    console = stdout_console()
     asyncio.run(run_demo(settings, console, source))

@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..bench.report import write_json
 from ..bench.serverproc import BenchError
 from ..bench.worker_bench import (
     LOG_LEVELS,
@@ -22,6 +21,7 @@ from ..bench.worker_bench import (
 )
 from ..bench.worker_bench_result import worker_table
 from ..protocol import ConfigError
+from .output import publish_result
 
 
 @click.command("worker")
@@ -90,9 +90,4 @@ def worker_bench_command(
         result = run_worker_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
-    write_json(result, path)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=140)
-    out.print(worker_table(result))
-    click.echo(f"results written to {path}")
+    publish_result(result, path, worker_table(result))
