@@ -17,6 +17,7 @@ from typing import Any
 from livekit.protocol import agent, models
 
 from ..protocol import TaskSet
+from .facts import JobFacts
 from .ipc import AcceptArguments
 from .room import RoomConnection, RoomError
 
@@ -44,7 +45,7 @@ class JobProcess:
         return f"<JobProcess pid={self._pid}>"
 
 
-class JobContext:
+class JobContext(JobFacts):
     """The entrypoint's handle on its job, room, process and lifetime."""
 
     def __init__(
@@ -70,21 +71,7 @@ class JobContext:
         self._callbacks: list[ShutdownCallback] = []
         self._tasks = TaskSet(f"job:{job.id}")
 
-    # -- facts ---------------------------------------------------------------------------------------
-    @property
-    def job(self) -> agent.Job:
-        return self._job
-
-    @property
-    def room(self) -> models.Room:
-        """The room as the server described it in the job (name, sid, metadata...)."""
-        return self._job.room
-
-    @property
-    def participant(self) -> models.ParticipantInfo | None:
-        """For PUBLISHER / PARTICIPANT jobs: the participant this job is for."""
-        return self._job.participant if self._job.HasField("participant") else None
-
+    # -- facts (job, room, participant: JobFacts) ------------------------------------------------------
     @property
     def proc(self) -> JobProcess:
         return self._proc

@@ -12,9 +12,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from livekit.protocol import agent, models
+from livekit.protocol import agent
 
 from ..protocol import TaskSet, WorkerError
+from .facts import JobFacts
 from .ipc import AcceptArguments
 
 log = logging.getLogger("agentdispatch.worker.offers")
@@ -72,7 +73,7 @@ class OfferAnswer:
         return resp
 
 
-class JobRequest:
+class JobRequest(JobFacts):
     """An offered job. Call exactly one of `accept()` / `reject()`; a second answer raises WorkerError."""
 
     def __init__(self, job: agent.Job, resuming: bool = False) -> None:
@@ -84,20 +85,7 @@ class JobRequest:
     def id(self) -> str:
         return self._job.id
 
-    @property
-    def job(self) -> agent.Job:
-        return self._job
-
-    @property
-    def room(self) -> models.Room:
-        return self._job.room
-
-    @property
-    def participant(self) -> models.ParticipantInfo | None:
-        """The participant of a PUBLISHER / PARTICIPANT job."""
-        return self._job.participant if self._job.HasField("participant") else None
-
-    publisher = participant
+    publisher = JobFacts.participant
 
     @property
     def agent_name(self) -> str:
