@@ -99,11 +99,14 @@ def _lookup(module: ModuleType, qualname: str) -> Any:
 def load_module_from_path(path: str) -> ModuleType:
     """Import a Python file once per process (reusing it if it was already imported under any name)."""
     path = os.path.abspath(path)
-    for module in list(sys.modules.values()):
-        file = getattr(module, "__file__", None)
-        if file and os.path.abspath(file) == path:
-            return module
     name = _USER_MODULE_PREFIX + hashlib.sha1(path.encode()).hexdigest()[:12]
+    # only the names a user file can already have: scanning all of sys.modules would touch (and so
+    # copy, in a forked job process) every page holding a module object
+    for known in ("__main__", "__mp_main__", name):
+        module = sys.modules.get(known)
+        file = getattr(module, "__file__", None)
+        if module is not None and file and os.path.abspath(file) == path:
+            return module
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot import {path}")
