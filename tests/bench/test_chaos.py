@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,16 +53,19 @@ def small_run(
     json_path = out / "chaos.json"
     args = ["--workers", "3", "--dispatches", str(DISPATCHES), "--worker-kills", "1"]
     args += ["--job-kills", str(JOB_KILLS), "--seed", "7", "--end-timeout", "30", "--json", str(json_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "agentdispatch", "bench", "chaos", *args],
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
+    command = [sys.executable, "-m", "agentdispatch", "bench", "chaos", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            popen.send_signal(signal.SIGTERM)  # the benchmark stops its workers and server on SIGTERM
+            stdout, stderr = popen.communicate(timeout=60)
+    proc = subprocess.CompletedProcess(command, popen.returncode, stdout, stderr)
     assert json_path.exists(), proc.stdout + proc.stderr
     return proc, json.loads(json_path.read_text())
 
 
+@pytest.mark.timeout(240)
 def test_small_chaos_run_loses_nothing_and_runs_nothing_twice(
     small_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
 ) -> None:
@@ -75,6 +79,7 @@ def test_small_chaos_run_loses_nothing_and_runs_nothing_twice(
     assert "lost" in proc.stdout and "double-run" in proc.stdout  # the table was printed
 
 
+@pytest.mark.timeout(240)
 def test_small_chaos_run_really_killed_and_resumed(
     small_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
 ) -> None:
@@ -95,6 +100,7 @@ def test_small_chaos_run_really_killed_and_resumed(
     assert sources["finished"] >= result["dispatches"]["counts"]["success"]
 
 
+@pytest.mark.timeout(240)
 def test_small_chaos_run_leaves_no_process_and_no_loose_end(
     small_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
 ) -> None:

@@ -230,19 +230,27 @@ class ChaosRun:
     async def _dispatch_all(self) -> None:
         prefix = f"chaos-{uuid.uuid4().hex[:8]}"
         for i in range(self.s.dispatches):
-            await self._wait_until(lambda: sum(1 for t in self.tracks if not t.done) < self.s.window)
-            track = Track(i, f"{prefix}-{i:05d}", time.time())
-            duration = self.rng.uniform(self.s.min_duration, self.s.max_duration)
-            request = api.CreateAgentDispatchRequest(
-                agent_name="chaos", room=track.room, metadata=job_metadata(str(self.attempts_dir), duration)
+            window_free = await self._wait_until(
+                lambda: sum(1 for t in self.tracks if not t.done) < self.s.window,
+                time.time() + self.s.end_timeout,
             )
-            try:
-                track.dispatch_id = (await self._api().agent_dispatch.create_dispatch(request)).id
-            except API_ERRORS as exc:
-                track.create_error = f"{type(exc).__name__}: {exc}"
-                self.log(f"CreateDispatch {track.room} failed: {track.create_error}")
+            if not window_free:
+                self.log(f"no dispatch ended for {self.s.end_timeout:g}s: stopping after {i} dispatches")
+                return
+            track = Track(i, f"{prefix}-{i:05d}", time.time())
+            await self._create(track, self.rng.uniform(self.s.min_duration, self.s.max_duration))
             self.tracks.append(track)
             self._changed.set()
+
+    async def _create(self, track: Track, duration: float) -> None:
+        request = api.CreateAgentDispatchRequest(
+            agent_name="chaos", room=track.room, metadata=job_metadata(str(self.attempts_dir), duration)
+        )
+        try:
+            track.dispatch_id = (await self._api().agent_dispatch.create_dispatch(request)).id
+        except API_ERRORS as exc:
+            track.create_error = f"{type(exc).__name__}: {exc}"
+            self.log(f"CreateDispatch {track.room} failed: {track.create_error}")
 
     async def _wait_all_ended(self, deadline: float, chaos: asyncio.Task[None]) -> None:
         with contextlib.suppress(TimeoutError):
