@@ -214,15 +214,23 @@ def main(conn: Connection, config: ChildConfig) -> None:
     try:
         entrypoint = _prewarm(config, proc)
     except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported, then we exit
-        channel.send(InitDone(error=format_error(exc)))
+        _report_init(channel, InitDone(error=format_error(exc)), config.parent_pid)
         _exit(1)
     loop = asyncio.new_event_loop()  # created now, not on the job start path
     asyncio.set_event_loop(loop)
-    channel.send(InitDone())
+    _report_init(channel, InitDone(), config.parent_pid)
     msg = inbox.get()
     if isinstance(msg, StartJob):
         loop.run_until_complete(_run(entrypoint, proc, msg, channel, inbox))
     _exit(0)
+
+
+def _report_init(channel: Channel, done: InitDone, parent_pid: int) -> None:
+    """Tell the worker prewarm ended; a worker killed meanwhile means exit quietly, as when orphaned."""
+    try:
+        channel.send(done)
+    except OSError:
+        _orphaned(parent_pid)
 
 
 def _stop_descendants(grace: float = 1.0) -> None:
