@@ -9,7 +9,8 @@ from typing import Any
 from rich.table import Table
 
 
-def _num(value: Any, unit: str = "", digits: int = 3) -> str:
+def fmt_num(value: Any, unit: str = "", digits: int = 3) -> str:
+    """A table cell: '-' for missing, yes/NO for booleans, floats to `digits` places."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -23,7 +24,7 @@ def _row_ms(table: Table, label: str, stats: dict[str, Any], note: str = "") -> 
     if not stats.get("n"):
         table.add_row(label, "-", note)
         return
-    text = "  ".join(f"{k} {_num(stats.get(k))}" for k in ("p50", "p95", "p99", "max"))
+    text = "  ".join(f"{k} {fmt_num(stats.get(k))}" for k in ("p50", "p95", "p99", "max"))
     table.add_row(label, text + " ms", note or f"n={stats['n']}")
 
 
@@ -48,17 +49,17 @@ def dispatch_table(result: dict[str, Any]) -> Table:
     t = result["throughput"]
     table.add_row(
         "throughput",
-        f"{_num(t['dispatches_per_s'], ' /s', 1)}",
-        f"phase {_num(t['phase_seconds'], ' s')}, sent at {_num(t['send_rate_per_s'], ' /s', 1)}",
+        f"{fmt_num(t['dispatches_per_s'], ' /s', 1)}",
+        f"phase {fmt_num(t['phase_seconds'], ' s')}, sent at {fmt_num(t['send_rate_per_s'], ' /s', 1)}",
     )
     _row_ms(table, "WS round trip, idle", result["rtt_ms"]["idle"])
     _row_ms(table, "WS round trip, loaded", result["rtt_ms"]["loaded"])
     r = result["ratio"]
     table.add_row(
         "latency / RTT",
-        f"p50 {_num(r['p50_vs_idle_rtt'], 'x', 1)}  p99 {_num(r['p99_vs_idle_rtt'], 'x', 1)}",
-        f"vs loaded RTT: p50 {_num(r['p50_vs_loaded_rtt'], 'x', 1)}"
-        f"  p99 {_num(r['p99_vs_loaded_rtt'], 'x', 1)}",
+        f"p50 {fmt_num(r['p50_vs_idle_rtt'], 'x', 1)}  p99 {fmt_num(r['p99_vs_idle_rtt'], 'x', 1)}",
+        f"vs loaded RTT: p50 {fmt_num(r['p50_vs_loaded_rtt'], 'x', 1)}"
+        f"  p99 {fmt_num(r['p99_vs_loaded_rtt'], 'x', 1)}",
     )
     f = result["failures"]
     reasons = ", ".join(f"{k}: {v}" for k, v in f["reasons"].items()) or "none"
@@ -73,9 +74,9 @@ def dispatch_table(result: dict[str, Any]) -> Table:
     table.add_row(
         "CPU",
         f"{c['count']} cpus",
-        f"cores busy: server {_num(c['server_cores_used'], '', 2)},"
-        f" clients {_num(c['clients_cores_used'], '', 2)},"
-        f" other processes {_num(c['others_cores_used'], '', 2)}",
+        f"cores busy: server {fmt_num(c['server_cores_used'], '', 2)},"
+        f" clients {fmt_num(c['clients_cores_used'], '', 2)},"
+        f" other processes {fmt_num(c['others_cores_used'], '', 2)}",
     )
     _footer(table, result)
     return table
@@ -83,9 +84,9 @@ def dispatch_table(result: dict[str, Any]) -> Table:
 
 def _footer(table: Table, result: dict[str, Any]) -> None:
     tg = result["targets"]
-    table.add_row("target p99 <= 3x RTT", _num(tg["latency_p99_le_3x_idle_rtt_p99"]), "vs idle RTT p99")
+    table.add_row("target p99 <= 3x RTT", fmt_num(tg["latency_p99_le_3x_idle_rtt_p99"]), "vs idle RTT p99")
     table.add_row(
-        "target >= 2000/s", _num(tg["throughput_ge_2000_per_s"]), "architecture.md: at 1,000 workers"
+        "target >= 2000/s", fmt_num(tg["throughput_ge_2000_per_s"]), "architecture.md: at 1,000 workers"
     )
     profile = result.get("profile")
     if profile and profile.get("top_self"):

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from .report import fmt_num
 from .stats import environment, ratio, summarize_ms
 from .worker_bench_procs import LIVEKIT, OURS, livekit_agents_version
 
@@ -152,13 +153,7 @@ def build_result(
 
 
 def _num(value: Any, unit: str = "", digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{unit}"
-    return f"{value}{unit}"
+    return fmt_num(value, unit, digits)
 
 
 def _ratio_cell(value: float | None) -> str:
