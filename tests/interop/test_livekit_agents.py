@@ -27,6 +27,7 @@ import pytest_asyncio
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
+from agentdispatch.bench.serverproc import reap_tree
 from agentdispatch.server import DispatchServer, ServerConfig
 
 pytestmark = [pytest.mark.interop, pytest.mark.asyncio(loop_scope="module")]
@@ -163,19 +164,11 @@ class LkWorker:
 
     def reap(self, tree: list[psutil.Process]) -> list[str]:
         """Wait for the worker and its children, killing what does not exit; list what had to be killed."""
+        reaped = reap_tree(self.proc, tree, STOP_TIMEOUT)
         problems = []
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
+        if reaped.killed_main:
             problems.append(f"worker {self.agent_name!r} ignored SIGTERM for {STOP_TIMEOUT}s; killed")
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-        _gone, alive = psutil.wait_procs(tree, timeout=STOP_TIMEOUT)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                problems.append(f"child {proc.pid} ({proc.name()}) of worker {self.agent_name!r} outlived it")
-                proc.kill()
-        psutil.wait_procs(alive, timeout=STOP_TIMEOUT)
+        problems += [f"child {c} of worker {self.agent_name!r} outlived it" for c in reaped.killed_children]
         if problems:
             problems.append(self.log_tail())
         return problems

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import psutil
+
 from ..protocol import AgentDispatchError
 
 
@@ -42,6 +44,33 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What had to be forced when a process and its former children were reaped."""
+
+    killed_main: bool
+    killed_children: list[str]  # "pid (name)" of each child that outlived its parent
+
+
+def reap_tree(proc: subprocess.Popen[bytes], tree: list[psutil.Process], timeout: float) -> Reaped:
+    """Wait for `proc` (already asked to stop) and the children it had; SIGKILL what outlives `timeout`."""
+    killed_main = False
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        killed_main = True
+        proc.kill()
+        proc.wait(timeout)
+    _gone, alive = psutil.wait_procs(tree, timeout=timeout)
+    killed: list[str] = []
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            killed.append(f"{child.pid} ({child.name()})")
+            child.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return Reaped(killed_main, killed)
 
 
 def agentdispatch_command() -> list[str]:

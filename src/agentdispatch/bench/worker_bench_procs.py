@@ -15,7 +15,6 @@ Their process trees therefore have the same shape, and one rule classifies both:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from .serverproc import BenchError
+from .serverproc import BenchError, reap_tree
 from .worker_bench_record import IDLE_ENV, JOB_PREFIX, OUT_ENV, READY_PREFIX
 
 HERE = Path(__file__).resolve().parent
@@ -186,21 +185,15 @@ class WorkerProcess:
             tree = self.ps.children(recursive=True)
         except psutil.Error:
             tree = []
-        problems = []
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
+        reaped = reap_tree(self.proc, tree, STOP_TIMEOUT)
+        problems = []
+        if reaped.killed_main:
             problems.append(f"{self.spec.kind} worker ignored SIGTERM for {STOP_TIMEOUT:g}s; killed")
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-        _gone, alive = psutil.wait_procs(tree, timeout=STOP_TIMEOUT)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                problems.append(f"process {child.pid} of the {self.spec.kind} worker outlived it; killed")
-                child.kill()
-        psutil.wait_procs(alive, timeout=STOP_TIMEOUT)
+        problems += [
+            f"process {c} of the {self.spec.kind} worker outlived it; killed" for c in reaped.killed_children
+        ]
         return problems
 
 
