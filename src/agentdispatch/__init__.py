@@ -15,13 +15,13 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from . import cli
-    from .worker.job import JobContext, JobProcess
+    from .worker.child.context import JobContext, JobProcess
     from .worker.offers import JobRequest
     from .worker.options import ServerType, WorkerOptions, WorkerPermissions
 
 _EXPORTS = {
-    "JobContext": "agentdispatch.worker.job",
-    "JobProcess": "agentdispatch.worker.job",
+    "JobContext": "agentdispatch.worker.child.context",
+    "JobProcess": "agentdispatch.worker.child.context",
     "JobRequest": "agentdispatch.worker.offers",
     "ServerType": "agentdispatch.worker.options",
     "WorkerOptions": "agentdispatch.worker.options",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-from ..worker.job import JobContext
+from ..worker.child.context import JobContext
 
 
 async def entrypoint(ctx: JobContext) -> None:

@@ -1,6 +1,6 @@
 """The worker runtime: options, connection, load, offers, the prewarmed process pool, jobs, drain.
 
-Names are loaded lazily so that a job process (which imports `agentdispatch.worker.child_main`) does not
+Names are loaded lazily so that a job process (which imports `agentdispatch.worker.child.main`) does not
 pay for the parent-side machinery.
 """
 
@@ -10,23 +10,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .job import JobContext, JobProcess
+    from .child.context import JobContext, JobProcess
+    from .child.room import DataMessage, RoomConnection
     from .offers import JobRequest
     from .options import ResolvedOptions, ServerType, WorkerOptions, WorkerPermissions
-    from .room import DataMessage, RoomConnection
     from .runtime import Worker
     from .serve import run, serve
 
 _EXPORTS = {
-    "JobContext": ".job",
-    "JobProcess": ".job",
+    "JobContext": ".child.context",
+    "JobProcess": ".child.context",
     "JobRequest": ".offers",
     "ResolvedOptions": ".options",
     "ServerType": ".options",
     "WorkerOptions": ".options",
     "WorkerPermissions": ".options",
-    "DataMessage": ".room",
-    "RoomConnection": ".room",
+    "DataMessage": ".child.room",
+    "RoomConnection": ".child.room",
     "Worker": ".runtime",
     "run": ".serve",
     "serve": ".serve",

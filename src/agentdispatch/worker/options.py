@@ -22,7 +22,7 @@ from .load import container_cpu_count
 from .refs import FunctionRef, parse_ref, ref_from_callable
 
 if TYPE_CHECKING:
-    from .job import JobContext, JobProcess
+    from .child.context import JobContext, JobProcess
     from .offers import JobRequest
 
 EntrypointFnc = Callable[["JobContext"], Awaitable[None]]

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 from ..protocol import TaskSet, WorkerError
-from . import child_main
+from .child import main as child_main
 from .ipc import (
     ChildConfig,
     ChildMessage,
@@ -390,14 +390,14 @@ class SupervisedProc:
 
 def _preload_modules(child: ChildConfig) -> list[str]:
     """Imported once by the forkserver (when it starts), so every job process inherits them already loaded."""
-    modules = ["__main__", "agentdispatch.worker.job"]
+    modules = ["__main__", "agentdispatch.worker.child.context"]
     main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if main_spec is not None and main_spec.name not in ("__main__", "__mp_main__"):
         modules.append(main_spec.name)  # a `python -m` main is imported by name in every child
     for ref in (child.entrypoint, child.prewarm):
         if ref is not None and ref.module:
             modules.append(ref.module)
-    modules.append("agentdispatch.worker.forkserver_freeze")  # last: freezes what the others loaded
+    modules.append("agentdispatch.worker.child.forkserver_freeze")  # last: freezes what the others loaded
     return modules
 
 

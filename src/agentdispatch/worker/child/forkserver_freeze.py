@@ -6,6 +6,6 @@ from __future__ import annotations
 
 import gc
 
-from . import child_main as child_main
+from . import main as main
 
 gc.freeze()

@@ -18,7 +18,7 @@ import aiohttp
 from google.protobuf import json_format
 from livekit.protocol import models
 
-from ..protocol import TaskSet, WorkerError
+from ...protocol import TaskSet, WorkerError
 
 log = logging.getLogger("agentdispatch.worker.room")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
-from .ipc import (
+from ..ipc import (
     ChildConfig,
     ChildMessage,
     InitDone,
@@ -32,7 +32,7 @@ from .ipc import (
     StartJob,
     format_error,
 )
-from .refs import load_ref
+from ..refs import load_ref
 
 PARENT_CHECK_INTERVAL = 1.0
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -185,7 +185,7 @@ async def _run(
 ) -> None:
     from livekit.protocol import agent
 
-    from .job import JobContext, run_job
+    from .context import JobContext, run_job
 
     job = agent.Job()
     job.ParseFromString(start.job)
@@ -208,7 +208,7 @@ def main(conn: Connection, config: ChildConfig) -> None:
     _setup(config, channel)
     threading.Thread(target=_watch_parent, args=(config.parent_pid,), name="parent", daemon=True).start()
     inbox = Inbox(conn, config.parent_pid)
-    from .job import JobProcess
+    from .context import JobProcess
 
     proc = JobProcess()
     try:

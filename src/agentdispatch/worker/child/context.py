@@ -16,9 +16,9 @@ from typing import Any
 
 from livekit.protocol import agent, models
 
-from ..protocol import TaskSet
-from .facts import JobFacts
-from .ipc import AcceptArguments
+from ...protocol import TaskSet
+from ..facts import JobFacts
+from ..ipc import AcceptArguments
 from .room import RoomConnection, RoomError
 
 log = logging.getLogger("agentdispatch.worker.job")
@@ -183,7 +183,7 @@ async def run_job(ctx: JobContext, entrypoint: Callable[[JobContext], Any]) -> s
     if entry.done():
         exc = None if entry.cancelled() else entry.exception()
         if exc is not None:
-            from .ipc import format_error
+            from ..ipc import format_error
 
             error = format_error(exc)
             log.error("job entrypoint raised %r", exc, exc_info=exc, extra=ctx.log_fields)
