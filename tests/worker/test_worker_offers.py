@@ -12,7 +12,8 @@ import pytest
 from livekit.protocol import agent, models
 
 from agentdispatch import JobRequest
-from agentdispatch.protocol import TaskSet, WorkerError
+from agentdispatch.protocol import WorkerError
+from agentdispatch.util import TaskSet
 from agentdispatch.worker.offers import SlotTable, decide
 from agentdispatch.worker.runtime import Worker
 from conftest import JobWatch, wait_until

@@ -31,7 +31,8 @@ import psutil
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
-from ..protocol import ConfigError, TaskSet
+from ..protocol import ConfigError
+from ..util import TaskSet
 from .chaos_analysis import DispatchOutcome, JobView
 from .chaos_fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess, WorkerProc
 from .chaos_record import job_metadata

@@ -9,8 +9,9 @@ from google.protobuf.message import DecodeError
 from livekit.protocol import agent
 
 from .errors import ProtocolError
+from .limits import MAX_FRAME_BYTES
 
-MAX_FRAME_BYTES = 2 * 1024 * 1024
+__all__ = ["MAX_FRAME_BYTES", "Encoding", "decode_server_message", "decode_worker_message", "encode"]
 
 
 class Encoding(enum.Enum):

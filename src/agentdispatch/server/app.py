@@ -11,7 +11,8 @@ from aiohttp import web
 from livekit.protocol import agent, models
 
 from .. import __version__
-from ..protocol import SYSTEM_CLOCK, Clock, KeyRing, new_id
+from ..protocol import KeyRing, new_id
+from ..util import SYSTEM_CLOCK, Clock
 from .agent_endpoint import AgentEndpoint
 from .config import ServerConfig
 from .dispatcher import ENDED, Dispatcher

@@ -15,7 +15,8 @@ from typing import Any
 
 from livekit.protocol import agent, agent_dispatch
 
-from ..protocol import SYSTEM_CLOCK, Clock, JobTokenRequest, KeyPair, TaskSet, TwirpError, mint_job_token
+from ..protocol import JobTokenRequest, KeyPair, TwirpError, mint_job_token
+from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .config import ServerConfig
 from .registry import WorkerRegistry
 from .session import ANY_DEPLOYMENT, WorkerKey, WorkerSession, job_key

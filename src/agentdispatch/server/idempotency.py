@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from google.protobuf.message import Message
 
-from ..protocol import SYSTEM_CLOCK, Clock
+from ..util import SYSTEM_CLOCK, Clock
 
 HEADERS = ("Idempotency-Key", "X-Livekit-Request-Id")
 MAX_KEY_LEN = 200

@@ -10,7 +10,8 @@ from typing import Protocol
 
 from livekit.protocol import agent, agent_dispatch, models
 
-from ..protocol import SYSTEM_CLOCK, Clock, TaskSet, TwirpError, new_id
+from ..protocol import TwirpError, new_id
+from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .config import ServerConfig
 from .dispatcher import Dispatcher
 from .registry import WorkerRegistry

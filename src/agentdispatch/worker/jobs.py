@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from livekit.protocol import agent
 
-from ..protocol import TaskSet, WorkerError
+from ..protocol import WorkerError
+from ..util import TaskSet
 from .ipc import AcceptArguments, StartJob
 from .offers import SlotTable
 from .proc_pool import ProcPool

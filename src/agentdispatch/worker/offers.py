@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from livekit.protocol import agent
 
-from ..protocol import TaskSet, WorkerError
+from ..protocol import WorkerError
+from ..util import TaskSet
 from .facts import JobFacts
 from .ipc import AcceptArguments
 

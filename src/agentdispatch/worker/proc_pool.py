@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import TaskSet
+from ..util import TaskSet
 from .supervised import InitError, ProcState, SupervisedProc
 
 log = logging.getLogger("agentdispatch.worker.pool")

@@ -19,7 +19,8 @@ from typing import Any
 from livekit.protocol import agent
 
 from .. import __version__
-from ..protocol import TaskSet, WorkerError
+from ..protocol import WorkerError
+from ..util import TaskSet
 from .connection import ConnectionSettings, WorkerConnection
 from .http import HttpServer
 from .ipc import AcceptArguments, ChildConfig

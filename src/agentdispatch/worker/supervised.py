@@ -18,7 +18,8 @@ from typing import Any
 
 import psutil
 
-from ..protocol import TaskSet, WorkerError
+from ..protocol import WorkerError
+from ..util import TaskSet
 from .child import main as child_main
 from .ipc import (
     ChildConfig,

@@ -16,7 +16,7 @@ from typing import Any
 
 from livekit.protocol import agent, models
 
-from ...protocol import TaskSet
+from ...util import TaskSet
 from ..facts import JobFacts
 from ..ipc import AcceptArguments
 from .room import RoomConnection, RoomError

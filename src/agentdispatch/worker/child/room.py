@@ -18,7 +18,8 @@ import aiohttp
 from google.protobuf import json_format
 from livekit.protocol import models
 
-from ...protocol import TaskSet, WorkerError
+from ...protocol import WorkerError
+from ...util import TaskSet
 
 log = logging.getLogger("agentdispatch.worker.room")
 
