@@ -64,9 +64,8 @@ class Connection:
 
 
 def participant_from_claims(claims: api.access_token.Claims) -> models.ParticipantInfo:
-    kind = (
-        models.ParticipantInfo.Kind.AGENT if claims.kind == "agent" else models.ParticipantInfo.Kind.STANDARD
-    )
+    kinds = {"agent": models.ParticipantInfo.Kind.AGENT, "sip": models.ParticipantInfo.Kind.SIP}
+    kind = kinds.get(claims.kind or "", models.ParticipantInfo.Kind.STANDARD)
     return models.ParticipantInfo(
         sid=new_id("PA_"),
         identity=claims.identity,
