@@ -41,6 +41,14 @@ class ServerConfig:
     max_restarts: int = 3
     #: ping interval assumed for workers that do not announce one (liveness = 3x this)
     default_ping_interval: float = 30.0
+    #: URLs that receive LiveKit-format webhooks (docs/operations.md); empty: no webhooks
+    webhook_urls: tuple[str, ...] = ()
+    #: API key whose secret signs webhooks (default: the first key)
+    webhook_key: str = ""
+    #: shared secret accepted by the admin API and dashboard besides roomAdmin tokens
+    admin_token: str = ""
+    #: admin API and dashboard open without a token to requests from loopback (--dev)
+    admin_open_on_loopback: bool = False
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -62,5 +70,7 @@ class ServerConfig:
             raise ConfigError(f"queue_limit must be >= 1, got {self.queue_limit}")
         if not 0 < self.per_job_load <= 1:
             raise ConfigError(f"per_job_load must be in (0, 1], got {self.per_job_load!r}")
+        if self.webhook_key and self.webhook_key not in self.keys:
+            raise ConfigError(f"webhook_key {self.webhook_key!r} is not one of the API keys")
         if self.empty_timeout < 0 or self.departure_timeout < 0:
             raise ConfigError("room timeouts must be >= 0")

@@ -1,0 +1,231 @@
+"""Webhooks in LiveKit's format: `WebhookEvent` as protobuf JSON, signed so `WebhookReceiver` verifies it.
+
+Each request carries `Authorization: <JWT>` signed with one API key (HS256, `iss` = key) whose `sha256`
+claim is the base64 SHA-256 of the body — what livekit-api's `WebhookReceiver` checks, unchanged.
+Room and participant events use LiveKit's names; job events carry the job in `WebhookEvent.job`
+(`agent_job_pending` is LiveKit's name; the others are ours, listed in docs/operations.md).
+
+Delivery never blocks dispatch: events go into a bounded queue per URL (full: the oldest is dropped,
+counted, and reported in the next event's `num_dropped`), one task per URL posts them in order and
+retries a failed post with exponential backoff up to `max_attempts`, then gives the event up (counted
+and logged) and moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime
+import hashlib
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import aiohttp
+from google.protobuf import json_format
+from livekit import api
+from livekit.protocol import agent, webhook
+
+from ..protocol.errors import ConfigError
+from ..protocol.ids import new_id
+from ..util import Clock, TaskSet
+from .events import Event, JobEvent, JobEventKind, RoomEvent
+from .metrics import WebhookStats
+
+log = logging.getLogger("agentdispatch.server.webhooks")
+
+JOB_EVENT_NAMES = {
+    JobEventKind.CREATED: "agent_job_pending",
+    JobEventKind.ASSIGNED: "agent_job_assigned",
+    JobEventKind.RUNNING: "agent_job_running",
+    JobEventKind.RESTARTING: "agent_job_restarting",
+    JobEventKind.ENDED: "agent_job_ended",
+}
+CONTENT_TYPE = "application/webhook+json"
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    urls: tuple[str, ...]
+    api_key: str
+    api_secret: str
+    #: events waiting per URL; over it the oldest is dropped
+    queue_size: int = 1000
+    #: posts per event before it is given up
+    max_attempts: int = 12
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+    request_timeout: float = 5.0
+    #: seconds `aclose()` waits for queued events to go out
+    flush_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError("webhooks need at least one URL")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhook URL must be http(s)://, got {url!r}")
+        if not self.api_key or not self.api_secret:
+            raise ConfigError("webhooks need an API key and secret to sign with")
+        if self.queue_size < 1 or self.max_attempts < 1:
+            raise ConfigError("webhook queue_size and max_attempts must be >= 1")
+        if not 0 < self.backoff_initial <= self.backoff_max:
+            raise ConfigError("webhook backoff must satisfy 0 < initial <= max")
+
+
+def to_webhook_event(event: Event, clock: Clock) -> webhook.WebhookEvent | None:
+    """The LiveKit webhook for a lifecycle event, or None when the event is not sent out."""
+    out = webhook.WebhookEvent(id=new_id("EV_"), created_at=clock.wall_ns() // 1_000_000_000)
+    if isinstance(event, RoomEvent):
+        out.event = event.kind.value
+        out.room.CopyFrom(event.room)
+        if event.participant is not None:
+            out.participant.CopyFrom(event.participant)
+        return out
+    if isinstance(event, JobEvent):
+        name = JOB_EVENT_NAMES.get(event.kind)
+        if name is None:
+            return None
+        out.event = name
+        job = agent.Job()
+        job.CopyFrom(event.job)
+        out.job.CopyFrom(job)
+        out.room.CopyFrom(event.job.room)
+        return out
+    return None
+
+
+def sign(body: str, api_key: str, api_secret: str, ttl: float = 300.0) -> str:
+    """The Authorization value LiveKit sends: a JWT whose sha256 claim is the body's digest."""
+    digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+    token = api.AccessToken(api_key, api_secret).with_sha256(digest)
+    return token.with_ttl(datetime.timedelta(seconds=ttl)).to_jwt()
+
+
+@dataclass
+class _Target:
+    url: str
+    queue: deque[webhook.WebhookEvent] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped_since_sent: int = 0
+    busy: bool = False
+
+
+class WebhookSender:
+    """Subscribe `sender.on_event` to the bus; `aclose()` flushes briefly and stops."""
+
+    def __init__(self, options: WebhookOptions, clock: Clock) -> None:
+        self._options = options
+        self._clock = clock
+        self._targets = [_Target(url) for url in options.urls]
+        self._tasks = TaskSet("webhooks")
+        self._session: aiohttp.ClientSession | None = None
+        self._started = False
+        self._closing = False
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.dropped = 0
+
+    def statistics(self) -> WebhookStats:
+        queued = sum(len(t.queue) + (1 if t.busy else 0) for t in self._targets)
+        return WebhookStats(self.delivered, self.failed_attempts, self.dropped, queued)
+
+    def on_event(self, event: Event) -> None:
+        if self._closing:
+            return
+        message = to_webhook_event(event, self._clock)
+        if message is None:
+            return
+        if not self._started:
+            self._start()
+        for target in self._targets:
+            if len(target.queue) >= self._options.queue_size:
+                gone = target.queue.popleft()
+                target.dropped_since_sent += 1
+                self.dropped += 1
+                extra = {"url": target.url, "event": gone.event}
+                log.warning("webhook queue full, dropped oldest", extra=extra)
+            target.queue.append(message)
+            target.idle.clear()
+            target.wake.set()
+
+    def _start(self) -> None:
+        self._started = True
+        for target in self._targets:
+            self._tasks.spawn(self._deliver_loop(target), f"deliver:{target.url}")
+
+    async def _deliver_loop(self, target: _Target) -> None:
+        while True:
+            while not target.queue:
+                target.idle.set()
+                target.wake.clear()
+                await target.wake.wait()
+            message = target.queue.popleft()
+            target.busy = True
+            try:
+                await self._deliver(target, message)
+            finally:
+                target.busy = False
+
+    async def _deliver(self, target: _Target, message: webhook.WebhookEvent) -> None:
+        message.num_dropped = target.dropped_since_sent
+        body = json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+        delay = self._options.backoff_initial
+        for attempt in range(1, self._options.max_attempts + 1):
+            error = await self._post(target.url, body)
+            if error is None:
+                self.delivered += 1
+                target.dropped_since_sent = 0
+                return
+            self.failed_attempts += 1
+            log.warning(
+                "webhook delivery failed",
+                extra={**_extras(message), "url": target.url, "attempt": attempt, "error": error},
+            )
+            if attempt < self._options.max_attempts:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._options.backoff_max)
+        self.dropped += 1
+        target.dropped_since_sent += 1
+        log.error(
+            "webhook event given up",
+            extra={**_extras(message), "url": target.url, "attempts": self._options.max_attempts},
+        )
+
+    async def _post(self, url: str, body: str) -> str | None:
+        """One POST; None on a 2xx answer, else what went wrong."""
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self._options.request_timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            "Authorization": sign(body, self._options.api_key, self._options.api_secret),
+        }
+        try:
+            async with self._session.post(url, data=body.encode(), headers=headers) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return None
+                return f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._started:
+            with contextlib.suppress(TimeoutError):
+                idle = [t.idle.wait() for t in self._targets]
+                await asyncio.wait_for(asyncio.gather(*idle), self._options.flush_timeout)
+        await self._tasks.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _extras(message: webhook.WebhookEvent) -> dict[str, str]:
+    extras = {"event": message.event, "event_id": message.id, "room": message.room.name}
+    if message.HasField("job"):
+        extras["job_id"] = message.job.id
+    return extras
