@@ -59,6 +59,13 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
 @click.option("--reconnect-grace", type=float, default=10.0, show_default=True)
 @click.option("--public-url", default="", help="URL put in job assignments (default: the worker's own).")
 @click.option(
+    "--redis",
+    "redis_url",
+    envvar="REDIS_URL",
+    default="",
+    help="redis:// URL of the shared store: cluster mode (env REDIS_URL) [default: in memory].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -75,6 +82,7 @@ def server_command(
     queue_limit: int,
     reconnect_grace: float,
     public_url: str,
+    redis_url: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -90,6 +98,7 @@ def server_command(
             queue_limit=queue_limit,
             reconnect_grace=reconnect_grace,
             public_url=public_url,
+            redis_url=redis_url,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

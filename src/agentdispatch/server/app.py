@@ -20,7 +20,7 @@ from .presence import PresenceHub
 from .registry import WorkerRegistry
 from .rooms import RoomManager
 from .session import SessionState, WorkerSession
-from .store import MemoryStore, Store
+from .store import Store, open_store
 from .twirp import TwirpServices
 
 log = logging.getLogger("agentdispatch.server")
@@ -35,7 +35,8 @@ class DispatchServer:
         self.version = __version__
         self.node_id = config.node_id or new_id("ND_")
         self.keys = KeyRing(config.keys)
-        self.store: Store = store or MemoryStore()
+        self._owns_store = store is None
+        self.store: Store = store or open_store(config.redis_url, clock=clock)
         self.registry = WorkerRegistry(config.per_job_load)
         self.dispatcher = Dispatcher(config, self.store, self.registry, self.keys.first, clock)
         self.rooms = RoomManager(config, self.store, self.registry, self.dispatcher, clock)
@@ -93,6 +94,8 @@ class DispatchServer:
             await session.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
         await self.rooms.aclose()
         await self.dispatcher.aclose()
+        if self._owns_store:
+            await self.store.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -41,6 +41,8 @@ class ServerConfig:
     max_restarts: int = 3
     #: ping interval assumed for workers that do not announce one (liveness = 3x this)
     default_ping_interval: float = 30.0
+    #: redis:// URL of the shared store (cluster mode); empty keeps everything in this process
+    redis_url: str = ""
     #: URLs that receive LiveKit-format webhooks (docs/operations.md); empty: no webhooks
     webhook_urls: tuple[str, ...] = ()
     #: API key whose secret signs webhooks (default: the first key)
@@ -72,5 +74,7 @@ class ServerConfig:
             raise ConfigError(f"per_job_load must be in (0, 1], got {self.per_job_load!r}")
         if self.webhook_key and self.webhook_key not in self.keys:
             raise ConfigError(f"webhook_key {self.webhook_key!r} is not one of the API keys")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis_url must be a redis://, rediss:// or unix:// URL: {self.redis_url!r}")
         if self.empty_timeout < 0 or self.departure_timeout < 0:
             raise ConfigError("room timeouts must be >= 0")

@@ -237,3 +237,12 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         return None
+
+
+def open_store(redis_url: str = "", cluster: str = "agentdispatch", clock: Clock = SYSTEM_CLOCK) -> Store:
+    """The store a server runs on: RedisStore for a `redis://` URL (cluster mode), else MemoryStore."""
+    if not redis_url:
+        return MemoryStore(clock=clock)
+    from .store_redis import RedisStore  # redis-py only when asked for
+
+    return RedisStore(redis_url, cluster)

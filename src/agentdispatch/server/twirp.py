@@ -61,7 +61,7 @@ def require(
 class TwirpServices:
     def __init__(self, server: DispatchServer) -> None:
         self._server = server
-        self._replays = IdempotencyCache(clock=server.clock)
+        self._replays = IdempotencyCache(server.store, clock=server.clock)
         rooms_create: Authorize = lambda req, g: require(g, create=True)  # noqa: E731
         rooms_list: Authorize = lambda req, g: require(g, list_=True)  # noqa: E731
         room_admin: Authorize = lambda req, g: require(g, admin_room=req.room)  # noqa: E731
