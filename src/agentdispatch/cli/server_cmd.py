@@ -65,6 +65,11 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
     default="",
     help="redis:// URL of the shared store: cluster mode (env REDIS_URL) [default: in memory].",
 )
+@click.option("--webhook-url", "webhook_urls", multiple=True, help="Send LiveKit webhooks here (repeatable).")
+@click.option("--webhook-key", default="", help="API key that signs webhooks [default: the first key].")
+@click.option(
+    "--admin-token", envvar="AGENTDISPATCH_ADMIN_TOKEN", default="", help="Shared secret for the admin API."
+)
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -83,6 +88,9 @@ def server_command(
     reconnect_grace: float,
     public_url: str,
     redis_url: str,
+    webhook_urls: tuple[str, ...],
+    webhook_key: str,
+    admin_token: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -99,6 +107,10 @@ def server_command(
             reconnect_grace=reconnect_grace,
             public_url=public_url,
             redis_url=redis_url,
+            webhook_urls=webhook_urls,
+            webhook_key=webhook_key,
+            admin_token=admin_token,
+            admin_open_on_loopback=dev,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
