@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from agentdispatch.bench.dispatch import DispatchBenchSettings, run_dispatch_bench, split
-from agentdispatch.bench.profiling import summarize_collapsed
-from agentdispatch.bench.stats import percentile, summarize_ms
+from agentdispatch.bench.common.profiling import summarize_collapsed
+from agentdispatch.bench.common.stats import percentile, summarize_ms
+from agentdispatch.bench.dispatch.run import DispatchBenchSettings, run_dispatch_bench, split
 from agentdispatch.protocol import ConfigError
 
 WORKERS = 5

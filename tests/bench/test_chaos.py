@@ -18,8 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from agentdispatch.bench.chaos import ChaosSettings, plan_kills
-from agentdispatch.bench.chaos_analysis import (
+from agentdispatch.bench.chaos.analysis import (
     DispatchOutcome,
     JobView,
     account,
@@ -29,9 +28,10 @@ from agentdispatch.bench.chaos_analysis import (
     intervals,
     resumes,
 )
-from agentdispatch.bench.chaos_fleet import Death
-from agentdispatch.bench.chaos_record import Attempt, job_metadata, parse_job_metadata, write_attempt
-from agentdispatch.bench.chaos_watch import AttemptIndex
+from agentdispatch.bench.chaos.fleet import Death
+from agentdispatch.bench.chaos.record import Attempt, job_metadata, parse_job_metadata, write_attempt
+from agentdispatch.bench.chaos.run import ChaosSettings, plan_kills
+from agentdispatch.bench.chaos.watch import AttemptIndex
 from agentdispatch.protocol import ConfigError
 
 DISPATCHES = 60

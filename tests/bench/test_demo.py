@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from agentdispatch.bench.demo import DemoSettings, plan_dispatches, regular_workers
+from agentdispatch.demo.runner import DemoSettings, plan_dispatches, regular_workers
 
 
 def test_demo_runs_and_tells_the_story() -> None:

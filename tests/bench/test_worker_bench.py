@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from agentdispatch.bench.worker_bench import WorkerBenchSettings
+from agentdispatch.bench.worker.run import WorkerBenchSettings
 from agentdispatch.protocol import ConfigError
 
 pytestmark = pytest.mark.interop

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agentdispatch.bench.serverproc import agentdispatch_command, free_port, wait_healthy
 from agentdispatch.cli.main import cli
 from agentdispatch.cli.server_cmd import load_keys_file, resolve_keys
+from agentdispatch.testing.serverproc import agentdispatch_command, free_port, wait_healthy
 
 
 def test_keys_file_parses_pairs_and_comments(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ import pytest_asyncio
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
-from agentdispatch.bench.serverproc import reap_tree
 from agentdispatch.server import DispatchServer, ServerConfig
+from agentdispatch.testing.serverproc import reap_tree
 
 pytestmark = [pytest.mark.interop, pytest.mark.asyncio(loop_scope="module")]
 

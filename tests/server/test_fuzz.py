@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from agentdispatch.bench.fuzz import FuzzOptions, run_fuzz
-from agentdispatch.bench.serverproc import ServerProcess, ServerProcessSettings
+from agentdispatch.testing.fuzz import FuzzOptions, run_fuzz
+from agentdispatch.testing.serverproc import ServerProcess, ServerProcessSettings
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
-from agentdispatch.bench.simworker import SimWorker, SimWorkerOptions
 from agentdispatch.server import DispatchServer
+from agentdispatch.testing.simworker import SimWorker, SimWorkerOptions
 
 JS = agent.JobStatus
 MakeWorker = Callable[..., Awaitable[SimWorker]]

@@ -1,7 +1,6 @@
-"""`agentdispatch bench ...`: the shipped benchmarks. Argument parsing only.
+"""`agentdispatch bench dispatch`: argument parsing only (the run is `bench.dispatch`).
 
-Each benchmark is one subcommand of the `bench` group; add new ones with `bench_group.add_command(...)`
-(or `@bench_group.command(...)`) in their own module.
+Each benchmark is one module here and one line in `main.BENCH_COMMANDS`.
 """
 
 from __future__ import annotations
@@ -13,21 +12,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..bench.dispatch import DispatchBenchSettings, default_json_path, run_dispatch_bench
-from ..bench.dispatch_client import CLIENTS
-from ..bench.report import dispatch_table
-from ..bench.serverproc import BenchError
+from ..bench.dispatch.client import CLIENTS
+from ..bench.dispatch.run import DispatchBenchSettings, default_json_path, run_dispatch_bench
+from ..bench.dispatch.table import dispatch_table
 from ..protocol import ConfigError
+from ..testing.serverproc import HarnessError
 from .output import publish_result
-from .worker_bench_cmd import worker_bench_command
 
 
-@click.group("bench")
-def bench_group() -> None:
-    """Benchmarks that ship with the product: print a table, write JSON (see bench/README.md)."""
-
-
-@bench_group.command("dispatch")
+@click.command("dispatch")
 @click.option("--workers", type=click.IntRange(1), default=100, show_default=True, help="Simulated workers.")
 @click.option(
     "--dispatches", type=click.IntRange(1), default=2000, show_default=True, help="Measured dispatches."
@@ -98,9 +91,7 @@ def dispatch_command(
     path = json_path or default_json_path(time.time())
     try:
         result = run_dispatch_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
-    except BenchError as exc:
+    except HarnessError as exc:
         raise click.ClickException(str(exc)) from None
     publish_result(result, path, dispatch_table(result))
 
-
-bench_group.add_command(worker_bench_command)

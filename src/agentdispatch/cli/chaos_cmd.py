@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..bench.chaos import ChaosSettings, default_json_path, run_chaos
-from ..bench.chaos_result import chaos_table
-from ..bench.serverproc import BenchError
+from ..bench.chaos.result import chaos_table
+from ..bench.chaos.run import ChaosSettings, default_json_path, run_chaos
 from ..protocol import ConfigError
+from ..testing.serverproc import HarnessError
 from .output import publish_result
 
 
@@ -83,7 +83,7 @@ def chaos_command(json_path: Path | None, run_dir: Path | None, **options: int |
     run_dir = run_dir or json_path.with_suffix("")
     try:
         result = run_chaos(settings, run_dir, log=lambda text: console.print(f"[dim]{text}[/dim]"))
-    except BenchError as exc:
+    except HarnessError as exc:
         raise click.ClickException(str(exc)) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise click.ClickException(f"interrupted; workers and server stopped (logs in {run_dir})") from None

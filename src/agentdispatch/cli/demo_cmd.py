@@ -1,4 +1,4 @@
-"""`agentdispatch demo`: argument parsing only; the demo itself lives in bench/demo.py."""
+"""`agentdispatch demo`: argument parsing only; the demo itself is `agentdispatch.demo`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import click
 
-from ..bench.demo import DemoSettings, SimWorkerSource, run_demo
-from ..bench.demo_runtime import RuntimeWorkerSource
+from ..demo.runner import DemoSettings, SimWorkerSource, run_demo
+from ..demo.runtime import RuntimeWorkerSource
 from .logs import setup_logging
 from .output import stdout_console
 

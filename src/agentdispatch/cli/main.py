@@ -1,28 +1,56 @@
-"""The `agentdispatch` command."""
+"""The `agentdispatch` command.
+
+Every subcommand loads lazily (see `lazy.py`): `agentdispatch --help` and `agentdispatch worker ...` import
+only what they use. To add a command, write it in its own module and add ONE line to `COMMANDS` (or, for a
+benchmark, to `BENCH_COMMANDS`): name -> LazyCommand("agentdispatch.cli.<module>:<command>", "<one-line
+help>"). Nothing else imports the module; `tests/cli/test_lazy.py` checks the line against the command.
+"""
 
 from __future__ import annotations
 
 import click
 
 from .. import __version__
-from .bench_cmd import bench_group
-from .chaos_cmd import chaos_command
-from .demo_cmd import demo_command
-from .server_cmd import server_command
-from .worker_cmd import worker_command
+from .lazy import LazyCommand, LazyGroup
+
+#: `agentdispatch <name>`: one line per command
+COMMANDS: dict[str, LazyCommand] = {
+    "server": LazyCommand("agentdispatch.cli.server_cmd:server_command", "Run the dispatch server."),
+    "worker": LazyCommand(
+        "agentdispatch.cli.worker_cmd:worker_command", "Run an agent file as a worker (dev or start)."
+    ),
+    "demo": LazyCommand(
+        "agentdispatch.cli.demo_cmd:demo_command",
+        "In-memory server + workers (each job in its own process) + dispatches: watch jobs placed and run.",
+    ),
+}
+
+#: `agentdispatch bench <name>`: one line per shipped benchmark
+BENCH_COMMANDS: dict[str, LazyCommand] = {
+    "dispatch": LazyCommand(
+        "agentdispatch.cli.bench_cmd:dispatch_command",
+        "CreateDispatch -> JobAssignment latency and throughput against the real server.",
+    ),
+    "worker": LazyCommand(
+        "agentdispatch.cli.worker_bench_cmd:worker_bench_command",
+        "Job start latency (warm pool) and idle process memory: our worker vs livekit-agents, same server.",
+    ),
+    "chaos": LazyCommand(
+        "agentdispatch.cli.chaos_cmd:chaos_command",
+        "SIGKILL workers and job processes under load; account for every dispatch.",
+    ),
+}
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.version_option(__version__, prog_name="agentdispatch")
 def cli() -> None:
     """agentdispatch: LiveKit-compatible agent dispatch server and worker runtime."""
 
 
-cli.add_command(server_command)
-cli.add_command(worker_command)
-cli.add_command(bench_group)
-bench_group.add_command(chaos_command)
-cli.add_command(demo_command)
+@cli.group("bench", cls=LazyGroup, lazy=BENCH_COMMANDS)
+def bench_group() -> None:
+    """Benchmarks that ship with the product: print a table, write JSON (see bench/README.md)."""
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.console import Console, RenderableType
 
-from ..bench.report import write_json
+from ..bench.common.report import write_json
 
 PIPE_WIDTH = 140
 

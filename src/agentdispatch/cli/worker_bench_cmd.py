@@ -1,6 +1,6 @@
 """`agentdispatch bench worker`: job start latency and idle process memory, ours vs livekit-agents.
 
-Argument parsing only; `bench.worker_bench` does the work (see bench/README.md, "worker").
+Argument parsing only; `bench.worker` does the work (see bench/README.md, "worker").
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..bench.serverproc import BenchError
-from ..bench.worker_bench import (
+from ..bench.worker.result import worker_table
+from ..bench.worker.run import (
     LOG_LEVELS,
     OURS_LAUNCH,
     WorkerBenchSettings,
     default_json_path,
     run_worker_bench,
 )
-from ..bench.worker_bench_result import worker_table
 from ..protocol import ConfigError
+from ..testing.serverproc import HarnessError
 from .output import publish_result
 
 
@@ -88,6 +88,6 @@ def worker_bench_command(
     path = json_path or default_json_path(time.time())
     try:
         result = run_worker_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
-    except BenchError as exc:
+    except HarnessError as exc:
         raise click.ClickException(str(exc)) from None
     publish_result(result, path, worker_table(result))

@@ -1,23 +1,12 @@
-"""Rich tables for benchmark results, and writing the result JSON."""
+"""The printed table of a dispatch benchmark run."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-
-def fmt_num(value: Any, unit: str = "", digits: int = 3) -> str:
-    """A table cell: '-' for missing, yes/NO for booleans, floats to `digits` places."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{unit}"
-    return f"{value}{unit}"
+from ..common.report import TARGETS_DOC, fmt_num
 
 
 def _row_ms(table: Table, label: str, stats: dict[str, Any], note: str = "") -> None:
@@ -86,15 +75,9 @@ def _footer(table: Table, result: dict[str, Any]) -> None:
     tg = result["targets"]
     table.add_row("target p99 <= 3x RTT", fmt_num(tg["latency_p99_le_3x_idle_rtt_p99"]), "vs idle RTT p99")
     table.add_row(
-        "target >= 2000/s", fmt_num(tg["throughput_ge_2000_per_s"]), "architecture.md: at 1,000 workers"
+        "target >= 2000/s", fmt_num(tg["throughput_ge_2000_per_s"]), f"{TARGETS_DOC}: at 1,000 workers"
     )
     profile = result.get("profile")
     if profile and profile.get("top_self"):
         for entry in profile["top_self"][:8]:
             table.add_row("server profile", f"{entry['percent']}% self", entry["function"][:90])
-
-
-def write_json(result: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
-    return path

@@ -1,11 +1,19 @@
-"""Read py-spy's raw (collapsed stack) output and name where the time went."""
+"""py-spy for the benchmarks: record a process while it is measured, and name where the time went."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ...testing.serverproc import HarnessError
 
 Row = dict[str, Any]
 TRUNK_SHARE = 0.9
@@ -66,3 +74,49 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
         "top_total": share(inclusive, below_trunk),
         "top_total_agentdispatch": share(inclusive, ours),
     }
+
+
+class PySpyRecorder:
+    """`py-spy record --pid <server>` while the measured phase runs (SIGINT makes it write)."""
+
+    def __init__(self, pid: int, output: Path, rate: int = 200) -> None:
+        exe = Path(sys.executable).parent / "py-spy"
+        found = str(exe) if exe.exists() else shutil.which("py-spy")
+        if found is None:
+            raise HarnessError("py-spy not found: pip install py-spy")
+        fmt = "speedscope" if output.suffix == ".json" else "raw" if output.suffix == ".txt" else "flamegraph"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.output = output
+        self._cmd = [
+            found,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--format",
+            fmt,
+            "-o",
+            str(output),
+        ]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)  # let it attach before the measured phase starts
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return
+        if proc.returncode not in (0, -signal.SIGINT) and err:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(err.decode(errors="replace")[-2000:])

@@ -4,8 +4,8 @@ runtime and for a livekit-agents worker registered to the same server in the sam
 Layout of one run:
 
 - the server: `agentdispatch server --dev` in its own process;
-- worker "ours": `worker_bench_ours_agent.py start` (agentdispatch worker runtime);
-- worker "lk": `worker_bench_lk_agent.py start` (livekit-agents, PyPI);
+- worker "ours": `agents/ours_agent.py start` (agentdispatch worker runtime);
+- worker "lk": `agents/lk_agent.py start` (livekit-agents, PyPI);
   both in production mode, the same `num_idle_processes`, a load function returning 0 (never FULL), and
   the same agent: the entrypoint takes CLOCK_MONOTONIC and wall-clock timestamps first, writes them to a
   file named by job id, then calls `ctx.shutdown()`.
@@ -20,7 +20,7 @@ Two measures per job:
   JobAssignment) -> the entrypoint's wall clock. This is the architecture.md target (<= 0.5x livekit-agents).
 
 Memory: once both pools are full and have settled, USS/PSS/RSS of every process of each worker's tree
-(see `worker_bench_procs` for the roles and `worker_bench_memory` for the measures).
+(see `procs.py` for the roles and `memory.py` for the measures).
 """
 
 from __future__ import annotations
@@ -41,12 +41,18 @@ import psutil
 from livekit import api
 from livekit.protocol import agent
 
-from ..protocol import ConfigError
-from .serverproc import BenchError, ServerProcess, ServerProcessSettings, agentdispatch_command, free_port
-from .worker_bench_memory import summarize_tree
-from .worker_bench_procs import LIVEKIT, OURS, WorkerProcess, WorkerSpec, pid_gone
-from .worker_bench_record import monotonic_ns
-from .worker_bench_result import JobSample, build_result
+from ...protocol import ConfigError
+from ...testing.serverproc import (
+    HarnessError,
+    ServerProcess,
+    ServerProcessSettings,
+    agentdispatch_command,
+    free_port,
+)
+from .memory import summarize_tree
+from .procs import LIVEKIT, OURS, WorkerProcess, WorkerSpec, pid_gone
+from .record import monotonic_ns
+from .result import JobSample, build_result
 
 T = TypeVar("T")
 Log = Callable[[str], None]
@@ -97,7 +103,7 @@ def default_json_path(now: float) -> Path:
 async def poll(
     check: Callable[[], T | None], timeout: float, what: str, alive: Callable[[], None] = lambda: None
 ) -> T:
-    """Call `check` until it returns something other than None (or False); BenchError on timeout."""
+    """Call `check` until it returns something other than None (or False); HarnessError on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -105,7 +111,7 @@ async def poll(
             return result
         alive()
         if time.monotonic() >= deadline:
-            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+            raise HarnessError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(POLL_INTERVAL)
 
 
@@ -188,7 +194,7 @@ class WorkerBench:
                     if job.state.status in ENDED:
                         return job
             await asyncio.sleep(0.02)
-        raise BenchError(f"dispatch {dispatch_id} did not end within {self.s.job_timeout:g}s")
+        raise HarnessError(f"dispatch {dispatch_id} did not end within {self.s.job_timeout:g}s")
 
     async def run_jobs(self, count: int, label: str) -> list[JobSample]:
         """`count` rounds; each round one job per worker, the order flipping every round."""
@@ -292,9 +298,9 @@ async def _run(settings: WorkerBenchSettings, root: Path, log: Log) -> dict[str,
         bench = WorkerBench(settings, server, api.LiveKitAPI(server.url, "devkey", "secret"), root, log)
         try:
             measured = await _measure(bench)
-        except BenchError as exc:
+        except HarnessError as exc:
             tails = "\n".join(f"--- {k} worker log ---\n{w.log_tail()}" for k, w in bench.workers.items())
-            raise BenchError(f"{exc}\n{tails}") from None
+            raise HarnessError(f"{exc}\n{tails}") from None
         finally:
             await bench.api.aclose()
             problems = bench.stop_workers()

@@ -1,8 +1,9 @@
 """The agent the chaos benchmark runs (a worker file, run as a program, never imported by the driver).
 
-    agentdispatch worker start src/agentdispatch/bench/chaos_agent.py \
+    agentdispatch worker start src/agentdispatch/bench/chaos/agents/chaos_agent.py \
         --url ws://127.0.0.1:PORT --api-key devkey --api-secret secret --max-jobs 4
-    python src/agentdispatch/bench/chaos_agent.py start --url ... --api-key devkey --api-secret secret
+    python src/agentdispatch/bench/chaos/agents/chaos_agent.py start --url ... --api-key devkey \
+        --api-secret secret
 
 Production mode, agent_name "chaos", two prewarmed idle processes, a load function that always answers 0
 (so a busy 2-core machine never makes the worker refuse; `--max-jobs` is the only cap). Each job reads
@@ -19,7 +20,7 @@ import os
 import time
 
 from agentdispatch import JobContext, WorkerOptions, cli
-from agentdispatch.bench.chaos_record import Attempt, parse_job_metadata, write_attempt
+from agentdispatch.bench.chaos.record import Attempt, parse_job_metadata, write_attempt
 
 AGENT_NAME = "chaos"
 IDLE_PROCESSES = 2

@@ -31,14 +31,14 @@ import psutil
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
-from ..protocol import ConfigError
-from ..util import TaskSet
-from .chaos_analysis import DispatchOutcome, JobView
-from .chaos_fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess, WorkerProc
-from .chaos_record import job_metadata
-from .chaos_result import build_result
-from .chaos_watch import AttemptIndex, kill_attempt_process
-from .serverproc import ServerProcessSettings
+from ...protocol import ConfigError
+from ...testing.serverproc import ServerProcessSettings
+from ...util import TaskSet
+from .analysis import DispatchOutcome, JobView
+from .fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess, WorkerProc
+from .record import job_metadata
+from .result import build_result
+from .watch import AttemptIndex, kill_attempt_process
 
 ENDED = {"JS_SUCCESS", "JS_FAILED", "JS_CANCELLED"}
 API_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..server import DEV_KEYS
+from ..testing.serverproc import HarnessError
 from ..worker.options import WorkerOptions
 from ..worker.runtime import Worker
-from .serverproc import BenchError
 
-ENTRYPOINT = "agentdispatch.bench.demo_agent:entrypoint"
+ENTRYPOINT = "agentdispatch.demo.agent:entrypoint"
 REGISTER_TIMEOUT = 30.0
 
 
@@ -55,9 +55,9 @@ class RuntimeWorkerSource:
         deadline = loop.time() + REGISTER_TIMEOUT
         while not worker.id:
             if task.done():
-                raise BenchError(f"worker {spec.name} stopped before registering: {task.exception()!r}")
+                raise HarnessError(f"worker {spec.name} stopped before registering: {task.exception()!r}")
             if loop.time() > deadline:
-                raise BenchError(f"worker {spec.name} did not register within {REGISTER_TIMEOUT:g}s")
+                raise HarnessError(f"worker {spec.name} did not register within {REGISTER_TIMEOUT:g}s")
             await asyncio.sleep(0.02)
         return worker.id
 

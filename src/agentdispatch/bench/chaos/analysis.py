@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .chaos_fleet import Death
-from .chaos_record import Attempt
-from .stats import summarize_ms
+from ..common.stats import summarize_ms
+from .fleet import Death
+from .record import Attempt
 
 BUCKETS = ("success", "failed_with_reason", "cancelled", "create_failed", "lost")
 KILLED_SOURCES = ("killed-job", "killed-worker")

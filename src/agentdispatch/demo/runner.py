@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.live import Live
 
 from ..server import DEV_KEYS, DispatchServer, ServerConfig
-from .demo_view import DemoSummary, JobRow, render_jobs, render_summary, summarize
-from .simworker import SimWorker, SimWorkerOptions
+from ..testing.simworker import SimWorker, SimWorkerOptions
+from .view import DemoSummary, JobRow, render_jobs, render_summary, summarize
 
 ENDED = (agent.JobStatus.JS_SUCCESS, agent.JobStatus.JS_FAILED, agent.JobStatus.JS_CANCELLED)
 

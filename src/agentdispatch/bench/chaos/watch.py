@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from .chaos_record import Attempt, attempt_paths, read_attempt
+from .record import Attempt, attempt_paths, read_attempt
 
 #: a pid whose process was created this much after the attempt started belongs to someone else
 PID_REUSE_SLACK = 1.0

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from rich.table import Table
 
-from .chaos_analysis import (
+from ..common.stats import environment
+from .analysis import (
     DispatchOutcome,
     account,
     double_runs,
@@ -18,15 +19,15 @@ from .chaos_analysis import (
     resumes,
     start_latency,
 )
-from .chaos_record import attempt_file_name
-from .stats import environment
+from .record import attempt_file_name
 
 if TYPE_CHECKING:
-    from .chaos import ChaosRun
+    from .run import ChaosRun
 
 METHOD = {
-    "server": "agentdispatch server --dev in its own process (bench.serverproc), INFO log in run_dir",
-    "workers": "agentdispatch worker start chaos_agent.py: production, 2 idle processes, load 0, --max-jobs",
+    "server": "agentdispatch server --dev in its own process (testing.serverproc), INFO log in run_dir",
+    "workers": "agentdispatch worker start bench/chaos/agents/chaos_agent.py: production, 2 idle processes,"
+    " load 0, --max-jobs",
     "dispatches": "livekit-api CreateDispatch, one room each, JRP_ON_FAILURE, at most in_flight unfinished",
     "kills": "SIGKILL at points spread over the run (by dispatches created); each killed worker is replaced",
     "attempt_records": "each job process writes attempt-<job>-<pid>.json (start, end) atomically",

@@ -1,7 +1,7 @@
 """What the two benchmark agents write: one file per job and one per prewarmed process.
 
-Shared by `worker_bench_ours_agent.py` and `worker_bench_lk_agent.py` (run as scripts inside the workers'
-job processes) and read by `worker_bench.py`. Standard library only, and careful not to disturb what it
+Shared by `agents/ours_agent.py` and `agents/lk_agent.py` (run as scripts inside the workers'
+job processes) and read by `run.py`. Standard library only, and careful not to disturb what it
 measures: the prewarm record touches no module object (iterating `sys.modules` in an idle process would
 copy-on-write every page holding a module and inflate its USS), and nothing is imported there.
 

@@ -1,6 +1,6 @@
-"""The real dispatch server as a separate OS process, for benchmarks.
+"""The real dispatch server as a separate OS process, for tests and benchmarks.
 
-The load generator must not share the server's event loop, so benchmarks start
+A load generator must not share the server's event loop, so tests and benchmarks start
 `agentdispatch server --dev --port <free port>` as a child process, wait until `GET /` answers 200,
 and stop it at the end (SIGTERM, then SIGKILL). An optional py-spy recorder can be attached to it.
 """
@@ -8,7 +8,6 @@ and stop it at the end (SIGTERM, then SIGKILL). An optional py-spy recorder can 
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +25,8 @@ import psutil
 from ..protocol import AgentDispatchError
 
 
-class BenchError(AgentDispatchError):
-    """A benchmark could not run (server did not start, a client process died, ...)."""
+class HarnessError(AgentDispatchError):
+    """A test fixture or benchmark could not run (server did not start, a process died, a wait timed out)."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +81,12 @@ def agentdispatch_command() -> list[str]:
 
 
 def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll `GET /` until it answers 200; raise BenchError on timeout or if the process exits."""
+    """Poll `GET /` until it answers 200; raise HarnessError on timeout or if the process exits."""
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise BenchError(f"server exited with code {proc.returncode} before answering GET /")
+            raise HarnessError(f"server exited with code {proc.returncode} before answering GET /")
         try:
             with urllib.request.urlopen(url + "/", timeout=1.0) as resp:
                 if resp.status == 200:
@@ -96,7 +95,7 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes] | None 
         except (urllib.error.URLError, OSError) as exc:
             last_error = str(exc)
         time.sleep(0.05)
-    raise BenchError(f"server at {url} not healthy within {timeout:g}s ({last_error})")
+    raise HarnessError(f"server at {url} not healthy within {timeout:g}s ({last_error})")
 
 
 class ServerProcess:
@@ -111,7 +110,7 @@ class ServerProcess:
     @property
     def pid(self) -> int:
         if self._proc is None:
-            raise BenchError("server process not started")
+            raise HarnessError("server process not started")
         return self._proc.pid
 
     @property
@@ -140,7 +139,7 @@ class ServerProcess:
             try:
                 wait_healthy(self.url, self.settings.startup_timeout, proc)
                 return
-            except BenchError:
+            except HarnessError:
                 exited = proc.poll() is not None
                 self.stop()
                 if not exited or self.settings.port or attempt == attempts:
@@ -169,49 +168,3 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-class PySpyRecorder:
-    """`py-spy record --pid <server>` while the measured phase runs (SIGINT makes it write)."""
-
-    def __init__(self, pid: int, output: Path, rate: int = 200) -> None:
-        exe = Path(sys.executable).parent / "py-spy"
-        found = str(exe) if exe.exists() else shutil.which("py-spy")
-        if found is None:
-            raise BenchError("py-spy not found: pip install py-spy")
-        fmt = "speedscope" if output.suffix == ".json" else "raw" if output.suffix == ".txt" else "flamegraph"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self.output = output
-        self._cmd = [
-            found,
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            str(rate),
-            "--format",
-            fmt,
-            "-o",
-            str(output),
-        ]
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)  # let it attach before the measured phase starts
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return
-        if proc.returncode not in (0, -signal.SIGINT) and err:
-            with contextlib.suppress(OSError):
-                sys.stderr.write(err.decode(errors="replace")[-2000:])

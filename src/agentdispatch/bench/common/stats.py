@@ -51,8 +51,8 @@ def ratio(numerator: float | int | None, denominator: float | int | None) -> flo
 
 def source_revision() -> dict[str, Any]:
     """The git commit of the code under test, and whether `src/` has uncommitted changes."""
-    root = Path(__file__).resolve().parents[3]
-    if not (root / ".git").exists():
+    root = next((d for d in Path(__file__).resolve().parents if (d / ".git").exists()), None)
+    if root is None:  # an installed copy, not a checkout
         return {"git_commit": None, "source_dirty": None}
     try:
         commit = subprocess.run(

@@ -1,9 +1,9 @@
 """The agentdispatch side of `agentdispatch bench worker` (run as a program, never imported by the bench).
 
     AGENTDISPATCH_BENCH_OUT=/tmp/x AGENTDISPATCH_BENCH_IDLE=3 \
-        python worker_bench_ours_agent.py start --url ws://127.0.0.1:PORT --api-key devkey --api-secret secret
+        python ours_agent.py start --url ws://127.0.0.1:PORT --api-key devkey --api-secret secret
     # or, the same options through the `agentdispatch worker` command:
-    agentdispatch worker start worker_bench_ours_agent.py --url ...
+    agentdispatch worker start ours_agent.py --url ...
 
 Production mode (`start`), agent_name "ours", a load function that always answers 0 so a busy machine
 never makes the worker refuse. The entrypoint takes its timestamps first, writes them, and ends the job.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from agentdispatch import JobContext, JobProcess, WorkerOptions, cli
-from agentdispatch.bench.worker_bench_record import (
+from agentdispatch.bench.worker.record import (
     idle_processes,
     monotonic_ns,
     write_job_record,

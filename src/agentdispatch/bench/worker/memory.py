@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from .worker_bench_procs import ProcInfo
+from .procs import ProcInfo
 
 MB = 1024 * 1024
 FIELDS = ("uss", "pss", "rss")

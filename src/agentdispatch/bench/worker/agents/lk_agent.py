@@ -1,9 +1,9 @@
 """The livekit-agents side of `agentdispatch bench worker` (run as a script, never imported).
 
     AGENTDISPATCH_BENCH_OUT=/tmp/x AGENTDISPATCH_BENCH_IDLE=3 \
-        python worker_bench_lk_agent.py start --url ws://127.0.0.1:PORT --api-key devkey --api-secret secret
+        python lk_agent.py start --url ws://127.0.0.1:PORT --api-key devkey --api-secret secret
 
-The same agent as `worker_bench_ours_agent.py`, written against livekit-agents: production mode, agent_name
+The same agent as `ours_agent.py`, written against livekit-agents: production mode, agent_name
 "lk", load always 0. The entrypoint never joins the room (our server has no media plane).
 """
 
@@ -13,7 +13,7 @@ import time
 
 from livekit.agents import JobContext, JobProcess, WorkerOptions, cli
 
-from agentdispatch.bench.worker_bench_record import (
+from agentdispatch.bench.worker.record import (
     idle_processes,
     monotonic_ns,
     write_job_record,

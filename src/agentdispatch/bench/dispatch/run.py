@@ -29,11 +29,11 @@ from typing import Any
 
 import psutil
 
-from ..protocol import ConfigError
-from .dispatch_client import CLIENTS, Assigned, ClientPlan, Sent, client_main
-from .profiling import summarize_collapsed
-from .serverproc import BenchError, PySpyRecorder, ServerProcess, wait_healthy
-from .stats import environment, ratio, summarize_ms
+from ...protocol import ConfigError
+from ...testing.serverproc import HarnessError, ServerProcess, wait_healthy
+from ..common.profiling import PySpyRecorder, summarize_collapsed
+from ..common.stats import environment, ratio, summarize_ms
+from .client import CLIENTS, Assigned, ClientPlan, Sent, client_main
 
 LATENCY_TARGET_RTT_MULTIPLE = 3.0
 THROUGHPUT_TARGET = 2000.0
@@ -109,10 +109,10 @@ class ClientHandle:
     def receive(self, timeout: float) -> dict[str, Any]:
         if not self.conn.poll(timeout):
             alive = self.process.is_alive()
-            raise BenchError(f"client {self.plan.index} silent for {timeout:g}s (alive={alive})")
+            raise HarnessError(f"client {self.plan.index} silent for {timeout:g}s (alive={alive})")
         status, payload = self.conn.recv()
         if status != "ok":
-            raise BenchError(str(payload))
+            raise HarnessError(str(payload))
         reply: dict[str, Any] = payload
         return reply
 
@@ -121,7 +121,7 @@ class ClientHandle:
         return self.receive(timeout)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, BenchError, EOFError):
+        with contextlib.suppress(OSError, HarnessError, EOFError):
             self.call("close", timeout=15.0)
         self.process.join(5.0)
         if self.process.is_alive():

@@ -22,7 +22,7 @@ import aiohttp
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
-from .simworker import SimWorker, SimWorkerOptions
+from ...testing.simworker import SimWorker, SimWorkerOptions
 
 CREATE_PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
 CLIENTS = ("livekit-api", "raw")

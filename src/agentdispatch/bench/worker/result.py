@@ -10,9 +10,9 @@ from typing import Any
 
 from rich.table import Table
 
-from .report import fmt_num
-from .stats import environment, ratio, summarize_ms
-from .worker_bench_procs import LIVEKIT, OURS, livekit_agents_version
+from ..common.report import TARGETS_DOC, fmt_num
+from ..common.stats import environment, ratio, summarize_ms
+from .procs import LIVEKIT, OURS, livekit_agents_version
 
 TARGET_RATIO = 0.5
 #: a job whose wall clock moved more than this against CLOCK_MONOTONIC is left out of the wall-clock measure
@@ -213,5 +213,5 @@ def worker_table(result: dict[str, Any]) -> Table:
     busy = result["method"]["machine_cores_busy_while_measuring"]
     table.add_row("machine cores busy", _num(busy), "", f"of {result['cpu_count']}")
     for name, met in result["targets"].items():
-        table.add_row(f"target {name}", _num(met), "", "architecture.md")
+        table.add_row(f"target {name}", _num(met), "", TARGETS_DOC)
     return table

@@ -1,8 +1,9 @@
 """One benchmarked worker as seen from outside: its program, its process tree, its records.
 
-Both workers (ours and livekit-agents) run the same little agent (`worker_bench_*_agent.py`) as a script in
-production mode (`start`), and both start their job processes through a multiprocessing **forkserver**.
-Their process trees therefore have the same shape, and one rule classifies both:
+Both workers (ours and livekit-agents) run the same little agent (`agents/ours_agent.py`,
+`agents/lk_agent.py`) as a script in production mode (`start`), and both start their job processes
+through a multiprocessing **forkserver**. Their process trees therefore have the same shape, and one rule
+classifies both:
 
 - ``main``: the worker process itself (connection, load, pool supervision, HTTP);
 - ``forkserver``: the template every job process is forked from (holds the preloaded modules);
@@ -25,10 +26,11 @@ from typing import Any
 
 import psutil
 
-from .serverproc import BenchError, reap_tree
-from .worker_bench_record import IDLE_ENV, JOB_PREFIX, OUT_ENV, READY_PREFIX
+from ...testing.serverproc import HarnessError, reap_tree
+from .record import IDLE_ENV, JOB_PREFIX, OUT_ENV, READY_PREFIX
 
-HERE = Path(__file__).resolve().parent
+#: the agent scripts: data files run by path in the worker processes, never imported by the package
+AGENTS = Path(__file__).resolve().parent / "agents"
 STOP_TIMEOUT = 15.0
 LOG_TAIL_CHARS = 4000
 
@@ -42,8 +44,8 @@ class WorkerSpec:
     description: str
 
 
-OURS = WorkerSpec("ours", HERE / "worker_bench_ours_agent.py", "agentdispatch worker runtime")
-LIVEKIT = WorkerSpec("lk", HERE / "worker_bench_lk_agent.py", "livekit-agents")
+OURS = WorkerSpec("ours", AGENTS / "ours_agent.py", "agentdispatch worker runtime")
+LIVEKIT = WorkerSpec("lk", AGENTS / "lk_agent.py", "livekit-agents")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class WorkerProcess:
 
     def check_running(self) -> None:
         if self.proc.poll() is not None:
-            raise BenchError(
+            raise HarnessError(
                 f"{self.spec.description} worker exited with code {self.proc.returncode}\n{self.log_tail()}"
             )
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from .serverproc import (
-    BenchError,
+from ...testing.serverproc import (
+    HarnessError,
     ServerProcess,
     ServerProcessSettings,
     agentdispatch_command,
@@ -32,7 +32,8 @@ from .serverproc import (
     wait_healthy,
 )
 
-AGENT_FILE = Path(__file__).with_name("chaos_agent.py")
+#: run by path in each worker process (a data file, not a module of the package)
+AGENT_FILE = Path(__file__).resolve().parent / "agents" / "chaos_agent.py"
 DEATH_POLL_INTERVAL = 0.002
 DEATH_WATCH_TIMEOUT = 10.0
 
@@ -181,14 +182,14 @@ class Fleet:
                 await asyncio.to_thread(
                     wait_healthy, worker.http_url, self.settings.register_timeout, worker.popen
                 )
-            except BenchError:
+            except HarnessError:
                 if worker.popen.poll() is None or attempt == attempts:
                     raise
                 worker.start_failed = True
                 continue
             worker.registered_at = time.time()
             return worker
-        raise BenchError("unreachable")
+        raise HarnessError("unreachable")
 
     async def start_workers(self, count: int) -> None:
         await asyncio.gather(*(self.start_registered() for _ in range(count)))

@@ -1,0 +1,5 @@
+"""`agentdispatch bench chaos`: kill workers and job processes under load; account for every dispatch.
+
+`run` drives one run; `fleet` starts the workers (`agents/chaos_agent.py`, run by path), `watch` finds
+and kills job processes, `record` is what each job attempt writes, `analysis` and `result` judge.
+"""
