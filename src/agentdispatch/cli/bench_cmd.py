@@ -6,7 +6,6 @@ Each benchmark is one module here and one line in `main.BENCH_COMMANDS`.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 
 import click
@@ -16,6 +15,7 @@ from ..bench.dispatch.client import CLIENTS
 from ..bench.dispatch.run import DispatchBenchSettings, default_json_path, run_dispatch_bench
 from ..bench.dispatch.table import dispatch_table
 from ..protocol import ConfigError
+from ..protocol.jwt_warnings import ignore_short_hmac_key_warning
 from ..testing.serverproc import HarnessError
 from .output import publish_result
 
@@ -71,7 +71,7 @@ def dispatch_command(
     profile_server: Path | None,
 ) -> None:
     """CreateDispatch -> JobAssignment latency and throughput against the real server."""
-    warnings.filterwarnings("ignore", message="The HMAC key is")
+    ignore_short_hmac_key_warning()
     console = Console(stderr=True)
     try:
         settings = DispatchBenchSettings(

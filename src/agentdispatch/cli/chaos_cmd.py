@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ from rich.console import Console
 from ..bench.chaos.result import chaos_table
 from ..bench.chaos.run import ChaosSettings, default_json_path, run_chaos
 from ..protocol import ConfigError
+from ..protocol.jwt_warnings import ignore_short_hmac_key_warning
 from ..testing.serverproc import HarnessError
 from .output import publish_result
 
@@ -73,7 +73,7 @@ def chaos_command(json_path: Path | None, run_dir: Path | None, **options: int |
 
     Exits 1 if a dispatch was lost or a job ran twice at once (see bench/README.md).
     """
-    warnings.filterwarnings("ignore", message="The HMAC key is")
+    ignore_short_hmac_key_warning()
     console = Console(stderr=True)
     try:
         settings = ChaosSettings(**options)  # type: ignore[arg-type]

@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import warnings
 from typing import Any
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__)
-_STANDARD |= {"message", "asctime", "taskName"}
-
-
-def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+from ..protocol.jwt_warnings import ignore_short_hmac_key_warning
+from ..util.logs import record_extras
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = self.formatTime(record, "%H:%M:%S")
         base = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        extras = " ".join(f"{k}={v}" for k, v in record_extras(record).items())
         text = f"{base} {extras}" if extras else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -35,15 +30,14 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        out.update(_extras(record))
+        out.update(record_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
-    # dev keys are short by design; PyJWT warns on every token otherwise
-    warnings.filterwarnings("ignore", message="The HMAC key is")
+    ignore_short_hmac_key_warning()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

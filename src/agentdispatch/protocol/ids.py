@@ -1,4 +1,7 @@
-"""Identifier generation with LiveKit's prefixes."""
+"""Identifiers with LiveKit's prefixes: the one place a prefix such as ``AJ_`` is written.
+
+Use the helpers (`new_job_id()`, ...) rather than `new_id(<literal>)`, so every id of a kind looks alike.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,10 @@ DISPATCH = "AD_"
 ROOM = "RM_"
 PARTICIPANT = "PA_"
 NODE = "ND_"
+WEBHOOK_EVENT = "EV_"
+SIP_CALL = "SCL_"
+SIP_TRUNK = "ST_"
+SIP_DISPATCH_RULE = "SDR_"
 
 
 # ids name things, they grant nothing (tokens do): a fast generator seeded from the OS is enough
@@ -23,6 +30,46 @@ _RNG = random.Random(os.urandom(32))
 def new_id(prefix: str, length: int = 12) -> str:
     """A random id such as ``AJ_x8Kd2mQp0ZaB`` (base62)."""
     return prefix + "".join(_RNG.choices(_ALPHABET, k=length))
+
+
+def new_worker_id() -> str:
+    return new_id(WORKER)
+
+
+def new_job_id() -> str:
+    return new_id(JOB)
+
+
+def new_dispatch_id() -> str:
+    return new_id(DISPATCH)
+
+
+def new_room_sid() -> str:
+    return new_id(ROOM)
+
+
+def new_participant_sid() -> str:
+    return new_id(PARTICIPANT)
+
+
+def new_node_id() -> str:
+    return new_id(NODE)
+
+
+def new_webhook_event_id() -> str:
+    return new_id(WEBHOOK_EVENT)
+
+
+def new_sip_call_id() -> str:
+    return new_id(SIP_CALL)
+
+
+def new_sip_trunk_id() -> str:
+    return new_id(SIP_TRUNK)
+
+
+def new_sip_dispatch_rule_id() -> str:
+    return new_id(SIP_DISPATCH_RULE)
 
 
 def reseed_after_fork() -> None:

@@ -17,7 +17,8 @@ import psutil
 from livekit import api
 from livekit.protocol import agent
 
-from ..protocol import Encoding, encode
+from ..protocol import Encoding, encode, ids
+from ..protocol.urls import agent_ws_url
 from .simworker import SimWorker, SimWorkerOptions
 
 DISPATCH_PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
@@ -54,7 +55,7 @@ class FuzzReport:
 
 
 def _valid_frames(rng: random.Random) -> list[agent.WorkerMessage]:
-    job_id = "AJ_" + "".join(rng.choice("abcdef0123456789") for _ in range(12))
+    job_id = ids.JOB + "".join(rng.choice("abcdef0123456789") for _ in range(12))
     return [
         agent.WorkerMessage(ping=agent.WorkerPing(timestamp=rng.randrange(1 << 40))),
         agent.WorkerMessage(update_worker=agent.UpdateWorkerStatus(load=rng.uniform(-5, 5), job_count=3)),
@@ -103,7 +104,7 @@ def _token(opts: FuzzOptions, grants: api.VideoGrants) -> str:
 async def _fuzz_agent(
     opts: FuzzOptions, http: aiohttp.ClientSession, rng: random.Random, rep: FuzzReport
 ) -> None:
-    ws_url = opts.url.replace("http://", "ws://") + "/agent"
+    ws_url = agent_ws_url(opts.url)
     headers = {"Authorization": f"Bearer {_token(opts, api.VideoGrants(agent=True))}"}
     sent = 0
     while sent < opts.frames:
@@ -188,7 +189,7 @@ async def _fuzz_api(
             rep.api_requests += 1
             key = str(resp.status)
             rep.api_status_counts[key] = rep.api_status_counts.get(key, 0) + 1
-            if resp.status >= 500:
+            if resp.status >= 500 and resp.status != 501:  # 501 = Twirp unimplemented, a real answer
                 rep.api_5xx += 1
 
 

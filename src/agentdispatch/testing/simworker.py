@@ -18,6 +18,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from ..protocol import Encoding, decode_server_message, encode
+from ..protocol.urls import agent_ws_url
 
 OfferPolicy = str  # "accept" | "reject" | "terminate" | "ignore"
 
@@ -77,7 +78,7 @@ class SimWorker:
     async def connect(self, register: bool = True) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        url = self.opts.url.replace("http://", "ws://").rstrip("/") + "/agent"
+        url = agent_ws_url(self.opts.url)
         self._ws = await self._session.ws_connect(url, headers={"Authorization": f"Bearer {self.token()}"})
         if register:
             await self.register()

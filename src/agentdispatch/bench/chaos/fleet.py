@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from ...protocol.urls import websocket_base
 from ...testing.serverproc import (
     HarnessError,
     ServerProcess,
@@ -148,7 +149,7 @@ class Fleet:
 
     def command(self, port: int) -> list[str]:
         s = self.settings
-        ws_url = s.server_url.replace("http://", "ws://", 1)
+        ws_url = websocket_base(s.server_url)
         return [
             *agentdispatch_command(),
             "worker",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -22,6 +21,7 @@ import aiohttp
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
+from ...protocol.jwt_warnings import ignore_short_hmac_key_warning
 from ...testing.simworker import SimWorker, SimWorkerOptions
 
 CREATE_PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
@@ -303,7 +303,7 @@ async def _serve(plan: ClientPlan, conn: Connection) -> None:
 
 def client_main(plan: ClientPlan, conn: Connection) -> None:
     """Entry point of a client process (multiprocessing target)."""
-    warnings.filterwarnings("ignore", message="The HMAC key is")  # short dev secrets, by design
+    ignore_short_hmac_key_warning()
     try:
         asyncio.run(_serve(plan, conn))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):

@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from ...protocol import ConfigError
+from ...protocol.urls import http_base
 from ...testing.serverproc import HarnessError, ServerProcess, wait_healthy
 from ..common.profiling import PySpyRecorder, summarize_collapsed
 from ..common.stats import environment, ratio, summarize_ms
@@ -196,7 +197,7 @@ class DispatchBench:
     @contextlib.contextmanager
     def _server(self) -> Iterator[str]:
         if self.settings.server_url is not None:
-            url = self.settings.server_url.rstrip("/").replace("ws://", "http://")
+            url = http_base(self.settings.server_url)
             wait_healthy(url, 10.0)
             yield url
             return

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +41,8 @@ from livekit import api
 from livekit.protocol import agent
 
 from ...protocol import ConfigError
+from ...protocol.jwt_warnings import ignore_short_hmac_key_warning
+from ...protocol.urls import websocket_base
 from ...testing.serverproc import (
     HarnessError,
     ServerProcess,
@@ -134,7 +135,7 @@ class WorkerBench:
 
     # -- workers -------------------------------------------------------------------------------------
     def _command(self, spec: WorkerSpec) -> list[str]:
-        ws_url = self.server.url.replace("http://", "ws://")
+        ws_url = websocket_base(self.server.url)
         level = self.s.log_level
         if spec is LIVEKIT:
             program = [sys.executable, str(spec.script), "start"]
@@ -310,7 +311,7 @@ async def _run(settings: WorkerBenchSettings, root: Path, log: Log) -> dict[str,
 
 def run_worker_bench(settings: WorkerBenchSettings, log: Log = lambda text: None) -> dict[str, Any]:
     """Run the whole benchmark (server, both workers, jobs, memory) and return the JSON-ready result."""
-    warnings.filterwarnings("ignore", message="The HMAC key is")
+    ignore_short_hmac_key_warning()
     if settings.workdir is not None:
         settings.workdir.mkdir(parents=True, exist_ok=True)
         return asyncio.run(_run(settings, settings.workdir, log))
