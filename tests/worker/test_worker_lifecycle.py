@@ -75,8 +75,68 @@ async def test_drain_timeout_stops_the_remaining_jobs(
     await asyncio.wait_for(worker.drain(timeout=0.3), 5)
     await asyncio.wait_for(worker.test_task, 10)
     rec = await wait_record(out, "reason")
-    assert rec == {**rec, "state": "stopped", "reason": "worker shutting down"}
-    await listed_status(lkapi, "room-forever", JS_SUCCESS)
+    assert rec == {**rec, "state": "stopped", "reason": "interrupted (drain timeout 0.3s)"}
+    job = await listed_status(lkapi, "room-forever", JS_FAILED)
+    assert job.state.error == "interrupted (drain timeout 0.3s)"
+
+
+async def test_a_job_cut_short_by_the_drain_timeout_is_failed_interrupted_not_success(
+    start_worker: Any, lkapi: api.LiveKitAPI, server: DispatchServer, jobs: JobWatch, out_file: Any
+) -> None:
+    worker = await start_worker(
+        agent_name="drain3",
+        entrypoint_fnc="worker_agents:entry_sleep",
+        drain_timeout=3.0,
+        production=True,
+        api_key="devkey",
+        api_secret="secret",
+    )
+    out = out_file("sixty")
+    await dispatch(lkapi, "room-sixty", "drain3", out=out, seconds=60)
+    rec = await wait_record(out)
+    job_id = rec["job_id"]
+    await jobs.wait_status(job_id, JS_RUNNING)
+    worker.begin_drain()
+    await asyncio.wait_for(worker.test_task, 30)
+    ended = await jobs.wait_status(job_id, JS_FAILED)  # what the server recorded
+    assert ended.state.error == "interrupted (drain timeout 3s)"
+    assert JS_SUCCESS not in {j.state.status for j in jobs.latest.values()}
+    assert pid_gone(rec["pid"])
+
+
+async def test_a_dev_stop_reports_running_jobs_interrupted(
+    start_worker: Any, lkapi: api.LiveKitAPI, jobs: JobWatch, out_file: Any
+) -> None:
+    worker = await start_worker(agent_name="devstop", entrypoint_fnc="worker_agents:entry_wait")
+    out = out_file("devstop")
+    await dispatch(lkapi, "room-devstop", "devstop", out=out)
+    rec = await wait_record(out)
+    await jobs.wait_status(rec["job_id"], JS_RUNNING)
+    worker.stop()  # what Ctrl-C does in dev mode
+    await asyncio.wait_for(worker.test_task, 15)
+    ended = await jobs.wait_status(rec["job_id"], JS_FAILED)
+    assert ended.state.error == "interrupted (worker stopped)"
+    assert (await wait_record(out, "reason"))["reason"] == "interrupted (worker stopped)"
+
+
+async def test_a_job_that_finishes_on_its_own_during_drain_is_a_success(
+    start_worker: Any, lkapi: api.LiveKitAPI, jobs: JobWatch, out_file: Any
+) -> None:
+    worker = await start_worker(
+        agent_name="drain4",
+        entrypoint_fnc="worker_agents:entry_sleep",
+        drain_timeout=30.0,
+        production=True,
+        api_key="devkey",
+        api_secret="secret",
+    )
+    out = out_file("short")
+    await dispatch(lkapi, "room-short", "drain4", out=out, seconds=1.0)
+    rec = await wait_record(out)
+    worker.begin_drain()
+    await asyncio.wait_for(worker.test_task, 30)
+    ended = await jobs.wait_status(rec["job_id"], JS_SUCCESS)
+    assert ended.state.error == ""
 
 
 async def test_http_health_is_503_until_registered_then_ok(start_worker: Any, server: DispatchServer) -> None:
@@ -136,7 +196,8 @@ async def test_reconnect_sends_migrate_job_and_the_job_stays_with_the_worker(
     assert psutil_alive(rec["pid"])
     worker.stop()
     await asyncio.wait_for(worker.test_task, 10)
-    await listed_status(lkapi, "room-migrate", JS_SUCCESS)
+    ended = await listed_status(lkapi, "room-migrate", JS_FAILED)
+    assert ended.state.error == "interrupted (worker stopped)"
 
 
 def psutil_alive(pid: int) -> bool:

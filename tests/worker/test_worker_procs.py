@@ -100,6 +100,8 @@ async def test_job_ignoring_shutdown_is_sigkilled_after_timeout_and_its_pid_is_g
 async def test_memory_limit_over_a_grandchild_stops_gracefully_then_by_force(
     start_worker: Any, lkapi: api.LiveKitAPI, jobs: Any, out_file: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A jump from ~0 to 300 MB in one step (warn 100, limit 200): the warning is still logged, once,
+    before the limit line; the job ends JS_FAILED interrupted."""
     caplog.set_level(logging.INFO, "agentdispatch")
     await start_worker(
         agent_name="hog",
@@ -110,7 +112,7 @@ async def test_memory_limit_over_a_grandchild_stops_gracefully_then_by_force(
         ready=1,
     )
     out = out_file("hog")
-    await dispatch(lkapi, "room-hog", "hog", out=out, delay=1.5, mb=400)
+    await dispatch(lkapi, "room-hog", "hog", out=out, delay=1.5, mb=300)
     rec = await wait_record(out)
     job_pid, child_pid = rec["pid"], rec["child"]
     tree = await wait_until(
@@ -120,15 +122,17 @@ async def test_memory_limit_over_a_grandchild_stops_gracefully_then_by_force(
     pids = [job_pid] + [p.pid for p in psutil.Process(job_pid).children(recursive=True)]
     assert child_pid in pids
     job = await listed_status(lkapi, "room-hog", JS_FAILED, timeout=15)
-    assert job.state.error.startswith("memory limit exceeded (")
-    assert "> 200 MB" in job.state.error
+    assert job.state.error.startswith("interrupted (memory limit 200 MB: ")
+    assert job.state.error.endswith(" MB; killed after shutdown timeout)")  # it ignored the request
     await wait_until(lambda: all(pid_gone(p) for p in pids), 5, "job, child and grandchild to be gone")
     steps = messages(caplog, "agentdispatch.worker.proc")
-    assert any("memory limit exceeded" in m and "stopping it" in m for m in steps)
-    asked = next(i for i, m in enumerate(steps) if "shut down (memory limit exceeded)" in m)
+    warned = [i for i, m in enumerate(steps) if "over job_memory_warn_mb=100" in m]
+    limit = [i for i, m in enumerate(steps) if "over job_memory_limit_mb (memory limit 200 MB: " in m]
+    assert len(warned) == 1 and len(limit) == 1 and warned[0] < limit[0], steps
+    asked = next(i for i, m in enumerate(steps) if "shut down (interrupted (memory limit 200 MB" in m)
     term = next(i for i, m in enumerate(steps) if "sending SIGTERM" in m)
     kill = next(i for i, m in enumerate(steps) if "sending SIGKILL to its process tree" in m)
-    assert asked < term < kill
+    assert limit[0] < asked < term < kill
 
 
 def _settings(prewarm: str | None, init_timeout: float) -> ProcSettings:
@@ -172,18 +176,65 @@ async def test_init_timeout_kills_the_process_and_backs_off(caplog: pytest.LogCa
     await assert_no_leaks()
 
 
-async def test_job_waiting_for_a_broken_prewarm_fails_instead_of_waiting_forever(
-    start_worker: Any, lkapi: api.LiveKitAPI
+async def test_an_accepted_job_whose_process_cannot_start_is_handed_back_at_once(
+    start_worker: Any, lkapi: api.LiveKitAPI, jobs: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await start_worker(
+    """No warm pool (num_idle_processes=0), so the worker accepts; the process's prewarm fails: the job
+    is reported JS_FAILED interrupted at once (never JS_RUNNING), and the worker reports FULL with why."""
+    caplog.set_level(logging.INFO, "agentdispatch")
+    worker = await start_worker(
         agent_name="broken",
         entrypoint_fnc="worker_agents:entry_noop",
         prewarm_fnc="worker_agents:prewarm_hang",
         initialize_process_timeout=0.3,
+        num_idle_processes=0,
     )
     await dispatch(lkapi, "room-broken", "broken")
     job = await listed_status(lkapi, "room-broken", JS_FAILED)
-    assert "prewarm did not finish within 0.3s" in job.state.error
+    assert job.state.error == (
+        "interrupted (job process could not start: prewarm did not finish within 0.3s)"
+    )
+    assert worker.offers.accepted == 1
+    assert agent.JobStatus.JS_RUNNING not in worker_statuses(caplog, job.id)
+    why = worker.info()["full_because"]
+    assert worker.info()["status"] == "full"
+    assert why == "job processes cannot start: prewarm did not finish within 0.3s"
+    logged = messages(caplog, "agentdispatch.worker")
+    assert any(
+        "job processes cannot start (prewarm did not finish within 0.3s): reporting FULL" in m for m in logged
+    )
+
+
+def worker_statuses(caplog: pytest.LogCaptureFixture, job_id: str) -> set[int]:
+    """Statuses the worker logged for a job ("job running" is logged when it reports JS_RUNNING)."""
+    return {
+        agent.JobStatus.JS_RUNNING
+        for r in caplog.records
+        if r.getMessage() == "job running" and getattr(r, "job_id", None) == job_id
+    }
+
+
+async def test_a_worker_whose_prewarm_always_fails_is_full_and_jobs_go_to_a_healthy_peer(
+    start_worker: Any, lkapi: api.LiveKitAPI, server: Any, jobs: Any
+) -> None:
+    broken = await start_worker(
+        agent_name="pair", entrypoint_fnc="worker_agents:entry_noop", prewarm_fnc="worker_agents:prewarm_fail"
+    )
+    await wait_until(lambda: broken.pool.failing, 10, "the broken worker's first prewarm failure")
+    assert broken.info()["full_because"] == (
+        "job processes cannot start: prewarm failed: RuntimeError: model file missing"
+    )
+    session = server.registry.get(broken.id)
+    await wait_until(lambda: session.status == agent.WorkerStatus.WS_FULL, 5, "the server to see FULL")
+    healthy = await start_worker(agent_name="pair", entrypoint_fnc="worker_agents:entry_noop", ready=1)
+    rooms = [f"pair-{i}" for i in range(3)]
+    for room in rooms:
+        await dispatch(lkapi, room, "pair")
+    for room in rooms:
+        job = await listed_status(lkapi, room, agent.JobStatus.JS_SUCCESS, timeout=20)
+        assert job.state.worker_id == healthy.id
+    assert broken.offers.accepted == 0  # never held a job it could not run
+    assert not any(j.state.worker_id == broken.id for j in jobs.latest.values())
 
 
 async def test_idle_pool_shrinks_when_load_is_high(start_worker: Any) -> None:

@@ -37,6 +37,10 @@ def prewarm_hang(proc: JobProcess) -> None:
     time.sleep(3600)
 
 
+def prewarm_fail(proc: JobProcess) -> None:
+    raise RuntimeError("model file missing")
+
+
 async def entry_record(ctx: JobContext) -> None:
     participant = ctx.participant.identity if ctx.participant is not None else None
     logging.getLogger("test.agent").info("recording job", extra={"marker": "from-the-job"})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .refs import FunctionRef
 
 MAX_ERROR_CHARS = 2000
+PRELOAD_ENV = "AGENTDISPATCH_FORKSERVER_PRELOAD"  # JSON: what the forkserver preloads (child/preload.py)
 TRACEBACK_TAIL_LINES = 12
 
 

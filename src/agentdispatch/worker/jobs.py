@@ -2,6 +2,11 @@
 
 Each job holds a slot from acceptance until its process has exited; the final status (JS_SUCCESS, or
 JS_FAILED with the error text) is handed to `report` before the slot is released.
+
+Honest endings: a job the worker cuts short (drain timeout, worker stopped, memory limit, killed after the
+shutdown timeout, no process could start) is JS_FAILED with an error starting ``interrupted (`` and naming
+the cause, e.g. ``interrupted (drain timeout 3s)``; the server resumes such jobs per restart policy. A job
+that finished on its own before the worker's request reached it keeps its own verdict.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from ..util import TaskSet
 from .ipc import AcceptArguments, StartJob
 from .offers import SlotTable
 from .proc_pool import ProcPool
-from .supervised import InitError, SupervisedProc
+from .supervised import InitError, ProcExit, SupervisedProc
 
 log = logging.getLogger("agentdispatch.worker.jobs")
 
@@ -36,6 +41,7 @@ class RunningJob:
     proc: SupervisedProc | None = None
     status: int = agent.JobStatus.JS_PENDING
     stop_reason: str = ""
+    interrupt: str = ""  # the worker's own reason to cut the job short, e.g. "drain timeout 3s"
 
     @property
     def id(self) -> str:
@@ -100,10 +106,15 @@ class JobManager:
     async def _run(self, rj: RunningJob, start: StartJob, launched: bool) -> None:
         extra = {"job_id": rj.id, "room": rj.job.room.name}
         while not launched:
-            try:
-                candidate = await self._pool.acquire()
-            except InitError as exc:
-                await self._finish(rj, JS_FAILED, f"no job process could be started: {exc}")
+            cannot = self._pool.failing
+            if not cannot:
+                try:
+                    candidate = await self._pool.acquire()
+                except InitError as exc:
+                    cannot = str(exc)
+            if cannot:  # handed back at once: the server can place it elsewhere
+                log.warning("job process could not start; handing the job back: %s", cannot, extra=extra)
+                await self._finish(rj, JS_FAILED, interrupted(f"job process could not start: {cannot}"))
                 return
             launched = self._launch(rj, candidate, start)
         proc = rj.proc
@@ -114,12 +125,12 @@ class JobManager:
             log.info("job running", extra={**extra, "pid": proc.pid})
             await self._report(agent.UpdateJobStatus(job_id=rj.id, status=JS_RUNNING))
         result = await proc.wait_exit()
-        if result.error:
-            log.warning("job failed: %s", result.error.splitlines()[0], extra={**extra, "pid": proc.pid})
-            await self._finish(rj, JS_FAILED, result.error)
+        status, error = verdict(rj, result)
+        if error:
+            log.warning("job failed: %s", error.splitlines()[0], extra={**extra, "pid": proc.pid})
         else:
             log.info("job ended (%s)", result.reason or "done", extra={**extra, "pid": proc.pid})
-            await self._finish(rj, JS_SUCCESS, "")
+        await self._finish(rj, status, error)
 
     async def _finish(self, rj: RunningJob, status: int, error: str) -> None:
         rj.status = status
@@ -143,11 +154,14 @@ class JobManager:
         if not rj.stop_reason:
             rj.stop_reason = reason
         if rj.proc is not None:
-            rj.proc.request_shutdown(reason)
+            rj.proc.request_shutdown(rj.stop_reason)
 
-    def shutdown_all(self, reason: str) -> None:
+    def interrupt_all(self, cause: str) -> None:
+        """Cut every job short for the worker's own reason (`cause`, e.g. "drain timeout 3s")."""
         for rj in list(self._jobs.values()):
-            self._stop(rj, reason)
+            if not rj.interrupt and not rj.stop_reason:
+                rj.interrupt = cause
+            self._stop(rj, interrupted(cause))
 
     def kill_all(self) -> None:
         for rj in list(self._jobs.values()):
@@ -164,3 +178,24 @@ class JobManager:
 
     async def aclose(self) -> None:
         await self._tasks.aclose()
+
+
+def interrupted(cause: str) -> str:
+    """The error of a job the worker cut short; the server keys its restart policy on this prefix."""
+    return f"interrupted ({cause})"
+
+
+def verdict(rj: RunningJob, result: ProcExit) -> tuple[int, str]:
+    """The final status of a job whose process exited: its own verdict, unless the worker cut it short."""
+    causes = []
+    if result.memory:
+        causes.append(result.memory)
+    elif rj.interrupt and result.ended_reason in (None, rj.stop_reason):
+        causes.append(rj.interrupt)  # ended because we asked (or never reported): not finished
+    if result.killed and result.ended_reason is None:
+        causes.append("killed after shutdown timeout")
+    if causes:
+        return JS_FAILED, interrupted("; ".join(causes))
+    if result.error:
+        return JS_FAILED, result.error
+    return JS_SUCCESS, ""

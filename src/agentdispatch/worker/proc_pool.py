@@ -2,8 +2,9 @@
 
 Keeps `target` processes idle (prewarmed) so a job starts without paying for interpreter start-up and
 prewarm. The worker lowers the target when it is loaded or near max_jobs (idle processes cost memory and
-would not be used). Consecutive init failures back off exponentially instead of respawning in a tight loop;
-a job waiting for a process fails with the init error instead of waiting forever.
+would not be used). Consecutive init failures back off exponentially instead of respawning in a tight loop
+(probing with one process, even at target 0, until one starts again); while they last the pool is
+`failing` (the worker reports FULL) and jobs waiting for a process fail at once with the init error.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class PoolStats:
     spawned: int = 0
     init_failures: int = 0
     consecutive_failures: int = 0
+    ready: int = 0  # processes that finished prewarm
+    last_error: str = ""
     backoff_delays: list[float] = field(default_factory=list)
 
 
@@ -48,8 +51,10 @@ class ProcPool:
         spawn: Callable[[], SupervisedProc],
         target: int,
         backoff: BackoffPolicy | None = None,
+        on_state: Callable[[], None] = lambda: None,
     ) -> None:
         self._spawn = spawn
+        self._on_state = on_state
         self._target = target
         self._backoff = backoff or BackoffPolicy()
         self._idle: collections.deque[SupervisedProc] = collections.deque()
@@ -75,6 +80,19 @@ class ProcPool:
             log.debug("idle process target %d -> %d", self._target, target)
             self._target = target
             self._wake.set()
+
+    @property
+    def failing(self) -> str:
+        """Why job processes cannot start right now ("" when they can): set by an init failure, cleared
+        when a process finishes prewarm."""
+        if self.stats.consecutive_failures and not self._idle:
+            return self.stats.last_error
+        return ""
+
+    @property
+    def warm(self) -> bool:
+        """A process has finished prewarm at least once (a fresh worker waits for this to be available)."""
+        return self.stats.ready > 0
 
     def idle_pids(self) -> list[int]:
         return [p.pid for p in self._idle if p.pid is not None]
@@ -122,6 +140,8 @@ class ProcPool:
             self._wake.clear()
             self._trim()
             missing = self._target + len(self._waiters) - len(self._idle) - len(self._starting)
+            if self.stats.consecutive_failures and not self._idle and not self._starting:
+                missing = max(missing, 1)  # keep probing: the worker stays FULL until one starts
             if missing > 0:
                 failures = self.stats.consecutive_failures
                 if failures:
@@ -156,14 +176,22 @@ class ProcPool:
         except InitError as exc:
             self.stats.init_failures += 1
             self.stats.consecutive_failures += 1
+            self.stats.last_error = str(exc)
             log.error("job process init failed: %s", exc, extra={"pid": proc.pid})
-            if self._waiters:
-                self._waiters.popleft().set_exception(exc)
+            while self._waiters:  # every waiting job is handed back, not held for the next attempt
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            self._on_state()
             return
         finally:
             self._starting.discard(proc)
             self._wake.set()
+        was_failing = self.stats.consecutive_failures > 0
         self.stats.consecutive_failures = 0
+        self.stats.ready += 1
+        if was_failing or self.stats.ready == 1:
+            self._on_state()
         if self._closed:
             await proc.aclose()
             return
@@ -198,6 +226,7 @@ class ProcPool:
             "waiting_jobs": len(self._waiters),
             "spawned": self.stats.spawned,
             "init_failures": self.stats.init_failures,
+            "failing": self.failing or None,
         }
 
     async def aclose(self) -> None:

@@ -1,7 +1,8 @@
 """The worker: wires options, load, slots, offers, the process pool, jobs, the connection and HTTP.
 
 One rule decides both the status reported to the server and the answer to an offer (`refusal()`):
-draining, at max_jobs, or load >= load_threshold means FULL and "decline at once".
+draining, job processes that cannot start (prewarm failing), a fresh worker whose first process is not warm
+yet, at max_jobs, or load >= load_threshold means FULL and "decline at once".
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class Worker:
         self.slots = SlotTable(options.max_jobs)
         takes_worker = options.load_fnc is not None and load_fnc_takes_worker(options.load_fnc)
         self.load = LoadMonitor(options.load_fnc, self, options.load_timeout, takes_worker, sampler)
-        self.pool = ProcPool(self._new_proc, self._pool_target(), self.tuning.pool_backoff)
+        self.pool = ProcPool(self._new_proc, self._pool_target(), self.tuning.pool_backoff, self._pool_state)
+        self._pool_problem: str | None = None
         self.jobs = JobManager(self.pool, self.slots, self._report_job, self._changed)
         self.conn = WorkerConnection(
             self._connection_settings(), self._on_registered, self._on_message, self._on_disconnected
@@ -130,6 +132,10 @@ class Worker:
         """Why the worker takes no new job right now, or None when it is available."""
         if self.draining or self._closing:
             return "draining"
+        if self.pool.failing:
+            return f"job processes cannot start: {self.pool.failing.splitlines()[0]}"
+        if self.opts.num_idle_processes > 0 and not self.pool.warm:
+            return "starting job processes"
         if self.slots.full:
             return "at max_jobs"
         if self.load.value >= self.opts.load_threshold:
@@ -146,13 +152,24 @@ class Worker:
 
     def _pool_target(self) -> int:
         target = self.opts.num_idle_processes
-        if self.opts.max_jobs is not None:
-            target = min(target, self.opts.max_jobs - self.slots.used)
+        if self.opts.max_jobs is not None:  # even at max_jobs: warm for the jobs it takes next
+            target = min(target, self.opts.max_jobs)
         if self.load.value >= self.opts.load_threshold:
             target = min(target, 1)  # loaded: keep one warm for when load drops, free the rest
         if self.draining or self._closing:
             target = 0
         return max(0, target)
+
+    def _pool_state(self) -> None:
+        """The pool started failing, recovered, or got its first warm process: log it, report status."""
+        problem = self.pool.failing or None
+        if problem != self._pool_problem:
+            if problem:
+                log.error("job processes cannot start (%s): reporting FULL until one starts", problem)
+            else:
+                log.info("job processes start again: taking jobs")
+            self._pool_problem = problem
+        self._changed()
 
     def _changed(self) -> None:
         """Slots, drain state or availability changed: resize the pool, report status soon."""
@@ -203,6 +220,7 @@ class Worker:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning("drain timeout: stopping %d remaining job(s)", len(self.jobs))
+                self.jobs.interrupt_all(f"drain timeout {timeout:g}s")
                 break
             if len(self.jobs):
                 await self.jobs.wait_empty(remaining)
@@ -218,6 +236,7 @@ class Worker:
         """Kill every job process tree now (second signal)."""
         log.warning("aborting: killing all job processes")
         self.aborted = True
+        self.jobs.interrupt_all("worker aborted")
         self.jobs.kill_all()
         self.pool.kill_all()
         self._stopped.set()
@@ -232,7 +251,7 @@ class Worker:
             self.slots.release(job_id)
         self._awaiting.clear()
         self._changed()
-        self.jobs.shutdown_all("worker shutting down")
+        self.jobs.interrupt_all("worker stopped")
         grace = self.opts.shutdown_process_timeout + self.tuning.term_grace + 1.0
         await self.jobs.wait_empty(grace)
         await self.pool.aclose()  # fails jobs still waiting for a process

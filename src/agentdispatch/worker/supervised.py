@@ -5,13 +5,15 @@ process tree, and stop it with an escalation (shutdown request -> SIGTERM -> SIG
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
+import json
 import logging
 import multiprocessing
+import multiprocessing.spawn
+import os
 import signal
-import sys
-import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,6 +24,7 @@ from ..protocol import WorkerError
 from ..util import TaskSet
 from .child import main as child_main
 from .ipc import (
+    PRELOAD_ENV,
     ChildConfig,
     ChildMessage,
     InitDone,
@@ -33,7 +36,10 @@ from .ipc import (
 )
 
 log = logging.getLogger("agentdispatch.worker.proc")
-_START_LOCK = threading.Lock()  # multiprocessing's bookkeeping is not safe for concurrent starts
+# One long-lived thread starts every job process: multiprocessing's bookkeeping is not safe for concurrent
+# starts, and a spawned child's parent-death signal is tied to the thread that forked it (it must outlive
+# the child; a pool thread that retires would kill it).
+_STARTER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="job-starter")
 MB = 1024 * 1024
 
 
@@ -63,9 +69,15 @@ class ProcSettings:
 
 @dataclass(frozen=True)
 class ProcExit:
+    """How a job process ended. `error` is the job's own verdict ("" = it succeeded); the worker's reasons
+    to cut it short come separately (`memory`, `killed`, and the stop reason the job ended with)."""
+
     exitcode: int | None
     error: str  # empty: the job succeeded
     reason: str
+    ended_reason: str | None = None  # the reason the job process reported with its end (None: no report)
+    memory: str = ""  # "memory limit 200 MB: 312 MB" when the limit stopped it
+    killed: bool = False  # the escalation had to signal it (the shutdown request was not enough)
 
 
 def describe_exit(code: int | None) -> str:
@@ -115,6 +127,7 @@ class SupervisedProc:
         self._stop_reason = ""
         self._escalation: asyncio.Task[None] | None = None
         self._warned = False
+        self._killed = False
 
     @property
     def pid(self) -> int | None:
@@ -149,6 +162,7 @@ class SupervisedProc:
         loop = asyncio.get_running_loop()
         ctx: Any = multiprocessing.get_context(self._settings.mp_context)
         if self._settings.mp_context == "forkserver":
+            os.environ[PRELOAD_ENV] = _preload_payload(self._settings.child)
             ctx.set_forkserver_preload(_preload_modules(self._settings.child))
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self._conn = parent_conn
@@ -158,7 +172,7 @@ class SupervisedProc:
             name="agentdispatch-job",
             daemon=False,
         )
-        started = loop.run_in_executor(None, self._start_process)
+        started = loop.run_in_executor(_STARTER, self._process.start)
         try:
             await asyncio.shield(started)
         except asyncio.CancelledError:
@@ -195,10 +209,6 @@ class SupervisedProc:
         if done.error:
             await self.kill()
             raise InitError(f"prewarm failed: {done.error}")
-
-    def _start_process(self) -> None:
-        with _START_LOCK:
-            self._process.start()
 
     # -- pipe and exit -------------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -275,35 +285,44 @@ class SupervisedProc:
         return self._result(code)
 
     def _result(self, code: int | None) -> ProcExit:
-        reason = self._stop_reason or (self._ended.reason if self._ended else "")
-        if self._failure:
-            return ProcExit(code, f"{self._failure}; the job process {describe_exit(code)}", reason)
-        if self._ended is not None:
-            return ProcExit(code, self._ended.error, reason)
-        return ProcExit(code, f"job process {describe_exit(code)} without reporting an end", reason)
+        ended = self._ended
+        reason = self._stop_reason or (ended.reason if ended else "")
+        error = ended.error if ended else f"job process {describe_exit(code)} without reporting an end"
+        return ProcExit(
+            code,
+            error,
+            reason,
+            ended_reason=ended.reason if ended else None,
+            memory=self._failure,
+            killed=self._killed,
+        )
 
     # -- memory --------------------------------------------------------------------------------------
     async def _watch_memory(self) -> None:
-        s = self._settings
         while not self.exited and self._ps is not None:
             used, descendants = tree_memory_mb(self._ps)
             for p in descendants:
                 self._tree.setdefault(p.pid, p)
-            if s.memory_limit_mb > 0 and used > s.memory_limit_mb and not self._failure:
-                self._failure = f"memory limit exceeded ({used:.0f} MB > {s.memory_limit_mb:g} MB)"
-                log.error(
-                    "job %s, stopping it", self._failure, extra={**self.log_extra, "memory_mb": round(used)}
-                )
-                self.request_shutdown("memory limit exceeded")
-            elif s.memory_warn_mb > 0 and used > s.memory_warn_mb and not self._warned:
-                self._warned = True
-                log.warning(
-                    "job uses %.0f MB, over job_memory_warn_mb=%g (warned once)",
-                    used,
-                    s.memory_warn_mb,
-                    extra={**self.log_extra, "memory_mb": round(used)},
-                )
-            await asyncio.sleep(s.memory_interval)
+            self._check_memory(used)
+            await asyncio.sleep(self._settings.memory_interval)
+
+    def _check_memory(self, used: float) -> None:
+        """Warn once over job_memory_warn_mb (also when the same sample is over the limit), then stop the
+        job over job_memory_limit_mb."""
+        s = self._settings
+        extra = {**self.log_extra, "memory_mb": round(used)}
+        if s.memory_warn_mb > 0 and used > s.memory_warn_mb and not self._warned:
+            self._warned = True
+            log.warning(
+                "job uses %.0f MB, over job_memory_warn_mb=%g (warned once)",
+                used,
+                s.memory_warn_mb,
+                extra=extra,
+            )
+        if s.memory_limit_mb > 0 and used > s.memory_limit_mb and not self._failure:
+            self._failure = f"memory limit {s.memory_limit_mb:g} MB: {used:.0f} MB"
+            log.error("job over job_memory_limit_mb (%s), stopping it", self._failure, extra=extra)
+            self.request_shutdown(f"interrupted ({self._failure})")
 
     # -- stopping ------------------------------------------------------------------------------------
     def request_shutdown(self, reason: str) -> None:
@@ -328,6 +347,7 @@ class SupervisedProc:
             extra=self.log_extra,
         )
         self._snapshot_tree()
+        self._killed = True
         self._signal(signal.SIGTERM)
         if await self._wait_exited(s.term_grace):
             return
@@ -373,6 +393,7 @@ class SupervisedProc:
             self._tree.pop(pid, None)
 
     def kill_now(self) -> None:
+        self._killed = True
         self._kill_tree()
 
     async def kill(self) -> None:
@@ -390,16 +411,25 @@ class SupervisedProc:
 
 
 def _preload_modules(child: ChildConfig) -> list[str]:
-    """Imported once by the forkserver (when it starts), so every job process inherits them already loaded."""
-    modules = ["__main__", "agentdispatch.worker.child.context"]
-    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if main_spec is not None and main_spec.name not in ("__main__", "__mp_main__"):
-        modules.append(main_spec.name)  # a `python -m` main is imported by name in every child
+    """Imported once by the forkserver (when it starts), so every job process inherits them already loaded.
+
+    `child.preload` comes first (it loads the worker's `__main__` and the agent files given by path, see
+    `_preload_payload`); `forkserver_freeze` last (it freezes what the others loaded)."""
+    modules = ["agentdispatch.worker.child.preload", "agentdispatch.worker.child.context"]
     for ref in (child.entrypoint, child.prewarm):
         if ref is not None and ref.module:
             modules.append(ref.module)
-    modules.append("agentdispatch.worker.child.forkserver_freeze")  # last: freezes what the others loaded
+    modules.append("agentdispatch.worker.child.forkserver_freeze")
     return modules
+
+
+def _preload_payload(child: ChildConfig) -> str:
+    """What `child.preload` loads in the forkserver: the main module as multiprocessing would prepare it
+    in each job process, and the agent files named by path."""
+    data = multiprocessing.spawn.get_preparation_data("agentdispatch-job")
+    main = {k: data[k] for k in ("init_main_from_path", "init_main_from_name") if k in data}
+    paths = [ref.path for ref in (child.entrypoint, child.prewarm) if ref is not None and ref.path]
+    return json.dumps({"main": main, "paths": paths, "sys_path": list(child.sys_path)})
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -1,14 +1,20 @@
 """Main of a job process: prewarm once, wait for one job, run it, report, exit.
 
-Started by `SupervisedProc` through multiprocessing (forkserver or spawn). A reader thread owns the pipe
-to the worker: it delivers messages, and when the pipe reaches EOF or the worker pid disappears it kills
-this process's own children and exits at once (children never outlive their worker).
+Started by `SupervisedProc` through multiprocessing (forkserver or spawn). The process dies with its
+worker whatever the timing: on Linux the kernel SIGKILLs it when the process that forked it exits
+(`PR_SET_PDEATHSIG`; with forkserver that is the forkserver, which exits with the worker), and a watcher
+thread exits it when the worker pid disappears or the pipe reaches EOF, after killing its own children.
+
+SIGTERM and SIGINT sent to the whole process group (systemd KillMode=control-group, container inits,
+Ctrl-C) are not for the job: it ignores them and waits for its worker's word. Once the worker has asked it
+to shut down, a SIGTERM (the worker's escalation) ends it as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import inspect
 import logging
 import os
@@ -55,14 +61,13 @@ class Channel:
 
 
 class Inbox:
-    """The pipe from the worker. While idle the main thread reads it directly (no thread hand-off on the
-    job start path); once a job runs, a reader thread delivers messages to the job's event loop. Pipe EOF
-    means the worker is gone."""
+    """The pipe from the worker. While idle the main thread reads it directly; once a job runs, the job's
+    event loop reads it (`loop.add_reader`: no thread on the job start path). Pipe EOF means the worker
+    is gone."""
 
     def __init__(self, conn: Connection, parent_pid: int) -> None:
         self._conn = conn
         self._parent_pid = parent_pid
-        self._target: tuple[asyncio.AbstractEventLoop, Callable[[ParentMessage], None]] | None = None
 
     def get(self) -> ParentMessage:
         """Block the calling thread for the next message (used before the job starts)."""
@@ -73,28 +78,67 @@ class Inbox:
             msg: ParentMessage = self._conn.recv()
         except (EOFError, OSError):
             _orphaned(self._parent_pid)
+        _note(msg)
         return msg
 
     def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[ParentMessage], None]) -> None:
-        """From now on, deliver messages to `handler` on `loop` (from a reader thread)."""
-        self._target = (loop, handler)
-        threading.Thread(target=self._run, name="worker-pipe", daemon=True).start()
+        """From now on, deliver messages to `handler` on `loop` as they arrive."""
+        loop.add_reader(self._conn.fileno(), self._readable, handler)
 
-    def _run(self) -> None:
-        if self._target is None:
-            return
-        loop, handler = self._target
+    def _readable(self, handler: Callable[[ParentMessage], None]) -> None:
         try:
-            while True:
-                if self._conn.poll(PARENT_CHECK_INTERVAL):
-                    msg = self._conn.recv()
-                    with contextlib.suppress(RuntimeError):  # loop closed: the job is ending anyway
-                        loop.call_soon_threadsafe(handler, msg)
-                elif not _alive(self._parent_pid):
-                    break
+            while self._conn.poll():
+                msg: ParentMessage = self._conn.recv()
+                _note(msg)
+                handler(msg)
         except (EOFError, OSError):
-            pass
-        _orphaned(self._parent_pid)
+            _orphaned(self._parent_pid)
+
+
+class _Signals:
+    """SIGTERM is honoured only after the worker asked for a shutdown; SIGINT never (the worker decides)."""
+
+    worker_asked = False
+
+    @classmethod
+    def install(cls) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, cls._on_term)
+
+    @classmethod
+    def _on_term(cls, signum: int, frame: object) -> None:
+        if cls.worker_asked:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        # else: a signal to the whole process group; the worker drains and tells us what to do
+
+
+def _note(msg: ParentMessage) -> None:
+    if isinstance(msg, ShutdownRequest):
+        _Signals.worker_asked = True
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(worker_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the process that forked it exits.
+
+    The death signal is tied to the forking thread of the parent, which is the forkserver's main thread
+    (forkserver) or the worker's dedicated starter thread (spawn). If the parent is already gone when the
+    signal is armed, or the worker is, exit now."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        armed = False
+    if armed and os.getppid() != parent:
+        _orphaned(worker_pid)
+    if not _alive(worker_pid):
+        _orphaned(worker_pid)
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -158,7 +202,8 @@ class PipeLogHandler(logging.Handler):
 
 
 def _setup(config: ChildConfig, channel: Channel) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the worker decides
+    _Signals.install()
+    _die_with_parent(config.parent_pid)
     for path in config.sys_path:
         if path not in sys.path:
             sys.path.append(path)

@@ -1,0 +1,59 @@
+"""Imported first by the forkserver's preload (in the forkserver only, never in the worker).
+
+- The forkserver ignores SIGTERM: a signal to the whole process group (systemd, container inits) must not
+  take it down while the worker drains; it exits by itself when the worker exits.
+- It loads the worker's `__main__` the way each job process would (CPython 3.11's forkserver never
+  receives the main path: its preparation data key is `init_main_from_path`/`init_main_from_name`, the
+  forkserver looks for `main_path`), and the agent files named by path. Forked job processes then find
+  them already imported instead of importing them again each (memory and start time).
+
+The worker passes what to load in the environment variable `PRELOAD_ENV` (JSON), set before it starts the
+forkserver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from multiprocessing import process, spawn
+from typing import Any
+
+from ..ipc import PRELOAD_ENV
+from ..refs import load_module_from_path
+
+MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+
+
+def _load(payload: dict[str, Any]) -> None:
+    for path in payload.get("sys_path") or []:
+        if isinstance(path, str) and path not in sys.path:
+            sys.path.append(path)
+    main = payload.get("main") or {}
+    if isinstance(main, dict) and main:
+        current = process.current_process()
+        current._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing's own preload does
+        try:
+            spawn.prepare({k: v for k, v in main.items() if k in MAIN_KEYS})
+        finally:
+            del current._inheriting  # type: ignore[attr-defined]
+    for path in payload.get("paths") or []:
+        if isinstance(path, str):
+            load_module_from_path(path)
+
+
+def _preload() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raw = os.environ.pop(PRELOAD_ENV, "")
+    if not raw:
+        return
+    try:
+        _load(json.loads(raw))
+    except Exception:  # noqa: BLE001 - user code: each job process imports it again and reports the error
+        sys.stderr.write("agentdispatch forkserver: preloading the agent failed (job processes retry):\n")
+        traceback.print_exc()
+
+
+_preload()
