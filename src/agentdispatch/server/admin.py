@@ -23,7 +23,7 @@ from aiohttp import web
 from ..protocol.errors import AuthError
 from ..protocol.tokens import KeyRing, bearer_token
 from .events import Event
-from .observe import FleetObserver
+from .observe import FleetObserver, worker_dict
 
 log = logging.getLogger("agentdispatch.server.admin")
 
@@ -31,6 +31,8 @@ LOOPBACK = ("127.0.0.1", "::1")
 SSE_QUEUE = 2000
 #: seconds between full snapshots on the event stream (also its keep-alive)
 SNAPSHOT_INTERVAL = 5.0
+#: job events after which the job's worker holds one job more or less
+HOLDING_CHANGES = frozenset({"assigned", "migrated", "orphaned", "restarting", "ended"})
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
@@ -119,6 +121,19 @@ class AdminApi:
 
     # -- server-sent events -------------------------------------------------------------------------
     def _on_event(self, event: Event, payload: dict[str, Any]) -> None:
+        if not self._streams:
+            return
+        if payload["type"] == "worker" and payload["kind"] != "disconnected":
+            current = self._observer.worker(payload["worker"]["worker_id"])  # with its job count
+            if current is not None:
+                payload = {**payload, "worker": worker_dict(current)}
+        self._push(payload)
+        if payload["type"] == "job" and payload["kind"] in HOLDING_CHANGES and payload["worker_id"]:
+            worker = self._observer.worker(payload["worker_id"])  # its job count just changed
+            if worker is not None:
+                self._push({"type": "worker", "kind": "jobs", "detail": "", "worker": worker_dict(worker)})
+
+    def _push(self, payload: dict[str, Any]) -> None:
         for queue in list(self._streams):
             try:
                 queue.put_nowait((str(payload["type"]), payload))

@@ -182,7 +182,7 @@ class _FleetCollector(Collector):
         obs = self._observer
         waiting = obs.waiting()
         running = obs.running()
-        names = sorted(set(waiting) | set(running) | {w.agent_name for w in obs.workers.values()})
+        names = sorted(set(waiting) | set(running) | {w.agent_name for w in obs.workers()})
         count = GaugeMetricFamily(
             "agentdispatch_jobs_waiting", "Jobs waiting for a worker (queued or being offered).",
             labels=["agent_name"],
@@ -219,7 +219,7 @@ class _FleetCollector(Collector):
         """Jobs per worker at load 1.0: measured from workers' reports, else 1 / per_job_load."""
         ratios = sorted(
             w.active_jobs / w.load
-            for w in self._observer.workers.values()
+            for w in self._observer.workers()
             if w.agent_name == agent_name and w.active_jobs > 0 and w.load >= 0.05
         )
         if ratios:
@@ -227,7 +227,7 @@ class _FleetCollector(Collector):
         return 1.0 / self._per_job_load
 
     def _worker_gauges(self) -> Iterator[Metric]:
-        workers = list(self._observer.workers.values())
+        workers = self._observer.workers()
         by_state = GaugeMetricFamily(
             "agentdispatch_workers", "Registered workers by agent name and state.",
             labels=["agent_name", "state"],

@@ -9,10 +9,10 @@ jobs, and the dispatch latency (created -> running) of recent jobs. It never tou
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from livekit.protocol import agent
 
@@ -131,14 +131,28 @@ class Waiting:
     oldest_wait: float = 0.0
 
 
+class WorkerSource(Protocol):
+    """The server's own list of registered workers (server.fleet), when the observer is given one."""
+
+    def worker(self, worker_id: str) -> WorkerSummary | None:
+        return next((w for w in self.workers() if w.worker_id == worker_id), None)
+
+    def workers(self) -> list[WorkerSummary]: ...
+
+
 @dataclass
 class FleetObserver:
-    """Read model of the fleet; feed it with `bus.subscribe(observer)`."""
+    """Read model of the fleet; feed it with `bus.subscribe(observer)`.
+
+    Workers come from `source` (the registry's summaries, always current) when given, else from the
+    last worker event of each.
+    """
 
     clock: Clock
     node_id: str = ""
-    workers: dict[str, WorkerSummary] = field(default_factory=dict)
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_JOBS))
+    source: WorkerSource | None = None
+    _workers: dict[str, WorkerSummary] = field(default_factory=dict)
+    _recent: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     latencies: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _tracks: dict[str, JobTrack] = field(default_factory=dict)
     _listeners: list[Callable[[Event, dict[str, Any]], None]] = field(default_factory=list)
@@ -162,9 +176,9 @@ class FleetObserver:
     def _on_worker(self, event: WorkerEvent) -> dict[str, Any]:
         w = event.worker
         if event.kind is WorkerEventKind.DISCONNECTED:
-            self.workers.pop(w.worker_id, None)
+            self._workers.pop(w.worker_id, None)
         else:
-            self.workers[w.worker_id] = w
+            self._workers[w.worker_id] = w
         return {"type": "worker", "kind": event.kind.value, "detail": event.detail, "worker": worker_dict(w)}
 
     def _on_job(self, event: JobEvent) -> dict[str, Any]:
@@ -215,13 +229,31 @@ class FleetObserver:
         )
 
     def _remember(self, payload: dict[str, Any]) -> None:
-        for i, old in enumerate(self.recent):
-            if old["job_id"] == payload["job_id"]:
-                del self.recent[i]
-                break
-        self.recent.appendleft(payload)
+        self._recent.pop(payload["job_id"], None)
+        self._recent[payload["job_id"]] = payload
+        if len(self._recent) > RECENT_JOBS:
+            self._recent.popitem(last=False)
+
+    def recent(self) -> list[dict[str, Any]]:
+        """Jobs that recently started running or ended, newest first."""
+        return list(reversed(self._recent.values()))
 
     # -- reading -----------------------------------------------------------------------------------
+    def worker(self, worker_id: str) -> WorkerSummary | None:
+        return next((w for w in self.workers() if w.worker_id == worker_id), None)
+
+    def workers(self) -> list[WorkerSummary]:
+        """Registered workers; without a source, `active_jobs` is counted from the job events."""
+        if self.source is not None:
+            found = self.source.workers()
+        else:
+            held: dict[str, int] = {}
+            for t in self._tracks.values():
+                if t.worker_id and t.waiting_since is None and t.accepted is not None:
+                    held[t.worker_id] = held.get(t.worker_id, 0) + 1
+            found = [replace(w, active_jobs=held.get(w.worker_id, 0)) for w in self._workers.values()]
+        return sorted(found, key=lambda w: (w.agent_name, w.worker_id))
+
     def waiting(self) -> dict[str, Waiting]:
         """Jobs waiting for a worker (queued or being offered), per agent name, with the oldest wait."""
         now = self.clock.monotonic()
@@ -260,14 +292,14 @@ class FleetObserver:
         return {
             "node_id": self.node_id,
             "now_ms": self.clock.wall_ns() // 1_000_000,
-            "workers": [worker_dict(w) for w in sorted(self.workers.values(), key=lambda w: w.worker_id)],
+            "workers": [worker_dict(w) for w in self.workers()],
             "waiting": {
                 name: {"count": w.count, "oldest_wait_s": round(w.oldest_wait, 3)}
                 for name, w in sorted(self.waiting().items())
             },
             "waiting_jobs": self.waiting_jobs()[:100],
             "running": self.running(),
-            "recent_jobs": list(self.recent),
+            "recent_jobs": self.recent(),
             "latency": self.latency_percentiles(),
             "latency_samples": [[at, round(v * 1000, 3)] for at, v in self.latencies],
         }

@@ -14,15 +14,22 @@ from .admin import AdminApi, AdminAuth
 from .config import ServerConfig
 from .events import EventBus
 from .metrics import ServerMetrics
-from .observe import FleetObserver
+from .observe import FleetObserver, WorkerSource
 from .webhooks import WebhookOptions, WebhookSender
 
 
 class Operations:
     def __init__(
-        self, config: ServerConfig, bus: EventBus, keys: KeyRing, clock: Clock, node_id: str, version: str
+        self,
+        config: ServerConfig,
+        bus: EventBus,
+        keys: KeyRing,
+        clock: Clock,
+        node_id: str,
+        version: str,
+        fleet: WorkerSource | None = None,
     ) -> None:
-        self.observer = FleetObserver(clock, node_id)
+        self.observer = FleetObserver(clock, node_id, fleet)
         bus.subscribe(self.observer)
         self.webhooks: WebhookSender | None = None
         if config.webhook_urls:

@@ -160,8 +160,10 @@ function renderLatency() {
   const mk = (tag, attrs) => { const n = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); return n; };
   const nodes = [];
   for (let g = 1; g <= 3; g++) nodes.push(mk("line", { class: "grid", x1: 0, x2: W, y1: y((max * g) / 4), y2: y((max * g) / 4) }));
-  nodes.push(mk("polyline", { class: "p99", points: path(p99) }));
-  nodes.push(mk("polyline", { class: "p50", points: path(p50) }));
+  for (const [cls, series] of [["p99", p99], ["p50", p50]]) {
+    nodes.push(mk("polyline", { class: cls, points: path(series) }));
+    series.forEach((v, i) => { if (v !== null) nodes.push(mk("circle", { class: `${cls} dot`, cx: x(i), cy: y(v), r: 2.5 })); });
+  }
   const label = mk("text", { x: 6, y: 12 }); label.textContent = `max ${fmtMs(max)}`; nodes.push(label);
   svg.replaceChildren(...nodes);
   document.getElementById("latency-max").textContent = `${all.length} jobs in the last ${CHART_BUCKETS * BUCKET_MS / 60000} min`;

@@ -1,0 +1,186 @@
+"""Webhooks: a real HTTP receiver verifies each request with livekit-api's WebhookReceiver, unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp import web
+from livekit import api
+from livekit.protocol import agent, webhook
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentdispatch.testing.serverproc import free_port
+
+CALL_EVENTS = [
+    "room_started",
+    "agent_job_pending",
+    "agent_job_assigned",
+    "agent_job_running",
+    "participant_joined",
+    "participant_left",
+    "agent_job_ended",
+    "room_finished",
+]
+
+
+class Receiver:
+    """An aiohttp app on loopback that verifies every webhook and records what it verified."""
+
+    def __init__(self, harness: Any, port: int = 0, key: str = "devkey", secret: str = "secret") -> None:
+        self.harness = harness
+        self.port = port
+        self.verifier = api.WebhookReceiver(api.TokenVerifier(key, secret))
+        self.events: list[webhook.WebhookEvent] = []
+        self.rejected: list[str] = []
+        self.content_types: set[str] = set()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        try:
+            event = self.verifier.receive(body, request.headers.get("Authorization", ""))
+        except Exception as exc:  # noqa: BLE001  WebhookReceiver raises bare Exception on a bad hash
+            self.rejected.append(repr(exc))
+            self.harness.bus.notify()
+            return web.Response(status=401)
+        self.content_types.add(request.content_type)
+        self.events.append(event)
+        self.harness.bus.notify()
+        return web.Response(text="ok")
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self.url
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def names(self, room: str) -> list[str]:
+        return [e.event for e in self.events if e.room.name == room]
+
+    async def wait_event(self, room: str, name: str) -> webhook.WebhookEvent:
+        await self.harness.wait_for(lambda: name in self.names(room), timeout=15.0, what=f"webhook {name}")
+        return next(e for e in self.events if e.room.name == room and e.event == name)
+
+
+@pytest.fixture
+async def receivers() -> Any:
+    started: list[Receiver] = []
+    yield started
+    for r in started:
+        await r.stop()
+
+
+async def test_every_event_of_one_call_arrives_verified_and_in_order(
+    make_harness: Any, receivers: Any, make_token: Any
+) -> None:
+    port = free_port()
+    harness = await make_harness(webhook_urls=(f"http://127.0.0.1:{port}/hook",))
+    receiver = Receiver(harness, port=port)
+    receivers.append(receiver)
+    await receiver.start()
+    worker = await harness.worker(agent_name="hooked")
+
+    await harness.api.room.create_room(
+        api.CreateRoomRequest(name="call-1", agents=[api.RoomAgentDispatch(agent_name="hooked")])
+    )
+    [assignment] = await worker.wait_assignments(1)
+    await receiver.wait_event("call-1", "agent_job_running")
+    user = await harness.presence(make_token(room_join=True, room="call-1", identity="caller"))
+    await receiver.wait_event("call-1", "participant_joined")
+    await user.aclose()
+    await receiver.wait_event("call-1", "participant_left")
+    await worker.finish(assignment.job.id, agent.JobStatus.JS_SUCCESS)
+    await receiver.wait_event("call-1", "agent_job_ended")
+    await harness.api.room.delete_room(api.DeleteRoomRequest(room="call-1"))
+    await receiver.wait_event("call-1", "room_finished")
+
+    assert receiver.rejected == []
+    assert receiver.names("call-1") == CALL_EVENTS
+    by_name = {e.event: e for e in receiver.events}
+    assert by_name["participant_joined"].participant.identity == "caller"
+    ended = by_name["agent_job_ended"].job
+    assert (ended.id, ended.agent_name, ended.state.status) == (
+        assignment.job.id,
+        "hooked",
+        agent.JobStatus.JS_SUCCESS,
+    )
+    assert by_name["agent_job_assigned"].job.state.worker_id == worker.id
+    assert len({e.id for e in receiver.events}) == len(receiver.events)  # every event has its own id
+    assert receiver.content_types == {"application/webhook+json"}
+
+
+async def test_a_receiver_that_is_down_gets_the_events_after_it_comes_back(
+    make_harness: Any, receivers: Any
+) -> None:
+    port = free_port()
+    harness = await make_harness(webhook_urls=(f"http://127.0.0.1:{port}/hook",))
+    await harness.api.room.create_room(api.CreateRoomRequest(name="late", agents=[]))
+
+    async def failures() -> float:
+        async with harness.http.get(harness.server.url + "/metrics") as resp:
+            text = await resp.text()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "agentdispatch_webhook_failures_total":
+                    return float(s.value)
+        return 0.0
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 15
+    while await failures() < 2:  # the receiver is down: attempts fail and are counted
+        assert loop.time() < end, "no failed delivery was counted"
+        await asyncio.sleep(0.05)
+
+    receiver = Receiver(harness, port=port)
+    receivers.append(receiver)
+    await receiver.start()
+    await receiver.wait_event("late", "room_started")
+    await harness.api.room.delete_room(api.DeleteRoomRequest(room="late"))
+    await receiver.wait_event("late", "room_finished")
+    names = receiver.names("late")
+    assert names[0] == "room_started" and names[-1] == "room_finished"
+    assert receiver.rejected == []
+
+
+async def test_a_hanging_receiver_never_delays_dispatch(make_harness: Any, receivers: Any) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        harness = await make_harness(webhook_urls=(f"http://127.0.0.1:{port}/hook",))
+        w = await harness.worker(agent_name="busy")
+        for i in range(5):
+            await harness.api.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="busy", room=f"h-{i}")
+            )
+        assert len(await w.wait_assignments(5)) == 5  # while every webhook POST hangs
+        stats = harness.server.ops.webhooks.statistics()
+        assert stats.delivered == 0 and stats.queued > 0
+    finally:
+        release.set()
+        await runner.cleanup()
