@@ -23,6 +23,28 @@ COMMANDS: dict[str, LazyCommand] = {
         "agentdispatch.cli.demo_cmd:demo_command",
         "In-memory server + workers (each job in its own process) + dispatches: watch jobs placed and run.",
     ),
+    "dispatch": LazyCommand(
+        "agentdispatch.cli.ops_dispatch:dispatch_group",
+        "Create, list and delete agent dispatches (AgentDispatchService).",
+    ),
+    "room": LazyCommand(
+        "agentdispatch.cli.ops_dispatch:room_group", "Create, list and delete rooms (RoomService)."
+    ),
+    "workers": LazyCommand(
+        "agentdispatch.cli.ops_fleet:workers_command",
+        "List registered workers: agent name, node, state, load, jobs.",
+    ),
+    "status": LazyCommand(
+        "agentdispatch.cli.ops_fleet:status_command",
+        "One screen: workers, capacity, waiting jobs, dispatch latency, recent failures with reasons.",
+    ),
+    "events": LazyCommand(
+        "agentdispatch.cli.ops_fleet:events_command",
+        "Job lifecycle events: recent jobs, or a live stream with --follow (also workers and rooms).",
+    ),
+    "token": LazyCommand(
+        "agentdispatch.cli.ops_token:token_group", "Mint access tokens, like `lk token create`."
+    ),
 }
 
 #: `agentdispatch bench <name>`: one line per shipped benchmark

@@ -21,7 +21,7 @@ def _duration(text: str) -> datetime.timedelta:
 
 @click.group("token")
 def token_group() -> None:
-    """Access tokens."""
+    """Mint access tokens, like `lk token create`."""
 
 
 @token_group.command("create")
