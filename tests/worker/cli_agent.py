@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from worker_agents import entry_sleep, prewarm_userdata
+from worker_agents import entry_choose, prewarm_userdata
 
 from agentdispatch import WorkerOptions, cli
 
 worker_options = WorkerOptions(
-    entrypoint_fnc=entry_sleep,
+    entrypoint_fnc=entry_choose,  # metadata {"do": "sleep" | "ignore_shutdown" | ...}
     prewarm_fnc=prewarm_userdata,
     agent_name="cli-agent",
     load_fnc=lambda: 0.0,  # the test machine's CPU must not make the worker FULL

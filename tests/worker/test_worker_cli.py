@@ -65,7 +65,7 @@ class Program:
 async def launch(server: DispatchServer) -> AsyncIterator[Any]:
     programs: list[Program] = []
 
-    async def start(*argv: str) -> Program:
+    async def start(*argv: str, new_session: bool = False) -> Program:
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -84,6 +84,7 @@ async def launch(server: DispatchServer) -> AsyncIterator[Any]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=HERE,
+            start_new_session=new_session,  # its own process group, to signal the group as systemd does
         )
         program = Program(proc, port)
         programs.append(program)
@@ -125,6 +126,33 @@ async def test_start_drains_on_sigterm_letting_the_job_finish(
     assert pid_gone(rec["pid"])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_to_the_whole_process_group_drains_and_the_job_finishes(
+    launch: Any, lkapi: api.LiveKitAPI, server: DispatchServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """`kill -TERM -<pgid>` (systemd KillMode=control-group, container inits, Ctrl-C): the job processes
+    ignore the group's signal and the worker drains as if signalled alone."""
+    program = await launch(sys.executable, str(AGENT), "start", new_session=True)
+    pgid = os.getpgid(program.proc.pid)
+    out = str(tmp_path / "group.json")
+    room = f"cli-group-{sig.name.lower()}"
+    await dispatch(lkapi, room, "cli-agent", out=out, seconds=4.0)
+    rec = await wait_record(out)
+    await listed_status(lkapi, room, agent.JobStatus.JS_RUNNING)
+    tree = psutil.Process(program.proc.pid).children(recursive=True)
+    assert os.getpgid(rec["pid"]) == pgid and all(os.getpgid(p.pid) == pgid for p in tree)
+
+    os.killpg(pgid, sig)  # the worker, its forkserver, the job and the idle processes all get it
+    code = await asyncio.wait_for(program.proc.wait(), 30)
+    stderr = await program.stderr_text()
+    assert code == 0, stderr
+    assert f"{sig.name} received: draining" in stderr
+    assert (await wait_record(out, "state"))["state"] == "finished"  # the job ran to its end
+    job = await listed_status(lkapi, room, agent.JobStatus.JS_SUCCESS)
+    assert job.state.error == ""
+    await wait_until(lambda: all(pid_gone(p.pid) for p in tree), 10, "every child to exit")
+
+
 async def test_second_signal_exits_at_once_and_kills_the_jobs(
     launch: Any, lkapi: api.LiveKitAPI, tmp_path: Path
 ) -> None:
@@ -145,12 +173,14 @@ async def test_second_signal_exits_at_once_and_kills_the_jobs(
     )
 
 
+@pytest.mark.parametrize("do", ["sleep", "ignore_shutdown"])
 async def test_killed_worker_takes_its_job_processes_with_it(
-    launch: Any, lkapi: api.LiveKitAPI, tmp_path: Path
+    launch: Any, lkapi: api.LiveKitAPI, tmp_path: Path, do: str
 ) -> None:
+    """SIGKILL the worker: every job process goes, even one that ignores SIGTERM and blocks its loop."""
     program = await launch(str(CONSOLE), "worker", "dev", str(AGENT))
     out = str(tmp_path / "orphan.json")
-    await dispatch(lkapi, "cli-orphan", "cli-agent", out=out, seconds=600)
+    await dispatch(lkapi, f"cli-orphan-{do}", "cli-agent", out=out, seconds=600, do=do)
     rec = await wait_record(out)
     info = await program.wait_info(
         lambda i: len(i["jobs"]) == 1 and len(i["idle_pids"]) == 2, "a job + 2 idle"
@@ -163,6 +193,17 @@ async def test_killed_worker_takes_its_job_processes_with_it(
     await wait_until(
         lambda: all(pid_gone(pid) for pid in pids), 10, "every child of the killed worker to exit"
     )
+
+
+async def test_job_processes_arm_a_parent_death_signal(
+    launch: Any, lkapi: api.LiveKitAPI, tmp_path: Path
+) -> None:
+    program = await launch(sys.executable, str(AGENT), "start")
+    out = str(tmp_path / "pdeath.json")
+    await dispatch(lkapi, "cli-pdeath", "cli-agent", out=out, do="pdeathsig")
+    rec = await wait_record(out, "pdeathsig")
+    assert rec["pdeathsig"] == signal.SIGKILL
+    assert rec["ppid"] in {p.pid for p in psutil.Process(program.proc.pid).children()}  # the forkserver
 
 
 def test_agent_file_without_entrypoint_is_a_usage_error(tmp_path: Path) -> None:

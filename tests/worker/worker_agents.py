@@ -132,3 +132,22 @@ async def entry_leave_child(ctx: JobContext) -> None:
 
 async def entry_noop(ctx: JobContext) -> None:
     return None
+
+
+PR_GET_PDEATHSIG = 2
+
+
+async def entry_pdeathsig(ctx: JobContext) -> None:
+    """Records the parent-death signal the job process armed (Linux), then runs until stopped."""
+    import ctypes
+
+    value = ctypes.c_int(-1)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0)
+    record(ctx, state="running", pdeathsig=value.value, ppid=os.getppid())
+    await ctx.wait_for_shutdown()
+
+
+async def entry_choose(ctx: JobContext) -> None:
+    """Runs `entry_<metadata["do"]>` (default: entry_sleep): one agent file, several behaviours."""
+    do = json.loads(ctx.job.metadata or "{}").get("do", "sleep")
+    await globals()[f"entry_{do}"](ctx)
