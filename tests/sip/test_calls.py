@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import agent, models, sip
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
+from agentdispatch.server.events import JobEventKind
+from agentdispatch.sip.call import CallState
 from conftest import AGENTS, SipRig, agent_rule, wait_until
 
 JS_CANCELLED = agent.JobStatus.JS_CANCELLED
@@ -43,3 +48,122 @@ async def test_call_is_answered_by_the_agent_who_sees_the_caller(
     rec = rig.gateway.history[-1]
     assert rec.end_reason == "caller_bye"
     assert await rig.server.rooms.list_rooms([rec.room]) == []
+
+
+def last_record(rig: SipRig) -> Any:
+    return rig.gateway.history[-1]
+
+
+async def test_no_worker_gets_503_with_retry_after_at_the_ringing_timeout(
+    rig: SipRig, sipp_bin: str, tmp_path: Path
+) -> None:
+    add_trunk_and_rule(rig, "nobody")
+    run = await run_sipp(sipp_bin, CallScenario(expect=503), rig.target, tmp_path / "s")
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == 503 and trace.retry_after == "30"
+    assert "ringing" in trace.events  # it rang first: 180, then 503
+    await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
+    rec = last_record(rig)
+    assert rec.final_status == 503 and "no agent within 3 s" in rec.end_reason
+    # nothing keeps waiting: the dispatch was deleted with the room
+    assert await rig.server.rooms.list_rooms([rec.room]) == []
+
+
+@pytest.mark.parametrize("status", [486, 480, 603])
+async def test_the_trunk_chooses_the_final_code(
+    rig: SipRig, sipp_bin: str, tmp_path: Path, status: int
+) -> None:
+    add_trunk_and_rule(rig, "nobody", ringing_timeout_status=status, ringing_timeout=Duration(seconds=1))
+    run = await run_sipp(sipp_bin, CallScenario(expect=status), rig.target, tmp_path / "s")
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == status
+    assert trace.retry_after == ("" if status == 603 else "30")
+    assert (trace.delay("final") or 0) >= 1.0
+
+
+async def test_cancel_while_ringing_gets_487_and_cancels_the_job(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    ended: list[agent.Job] = []
+    rig.server.dispatcher.events.subscribe(
+        lambda e: ended.append(e.job) if getattr(e, "kind", None) is JobEventKind.ENDED else None
+    )
+    # the worker is FULL (load above its threshold): the job waits in the queue while the phone rings
+    await start_worker(
+        agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer", load_fnc=lambda: 1.0, load_threshold=0.7
+    )
+    add_trunk_and_rule(rig, "phone")
+    run = await run_sipp(sipp_bin, CallScenario(cancel_ms=500), rig.target, tmp_path / "s")
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == 487
+    await wait_until(lambda: ended, 10, "the job to end")
+    assert ended[0].state.status == JS_CANCELLED
+    rec = last_record(rig)
+    assert rec.final_status == 487 and ended[0].dispatch_id in rec.dispatch_ids
+    assert await rig.server.rooms.list_rooms([rec.room]) == []
+
+
+async def test_full_worker_that_frees_up_while_ringing_answers(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    load = {"value": 1.0}
+    await start_worker(
+        agent_name="phone",
+        entrypoint_fnc=f"{AGENTS}:entry_answer",
+        load_fnc=lambda: load["value"],
+        load_threshold=0.7,
+    )
+    add_trunk_and_rule(rig, "phone", ringing_timeout=Duration(seconds=20))
+    call = asyncio.ensure_future(run_sipp(sipp_bin, CallScenario(hold_ms=200), rig.target, tmp_path / "s"))
+    await wait_until(lambda: rig.gateway.active_calls(), 20, "the call to ring")
+    assert rig.gateway.active_calls()[0].state is CallState.RINGING
+    load["value"] = 0.0  # the worker reports AVAILABLE; the queued job is offered to it
+    run = await call
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == 200
+
+
+@pytest.mark.parametrize("agent_entry", ["entry_hangup", "entry_end_job"])
+async def test_the_agent_ending_the_call_sends_bye(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path, agent_entry: str
+) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:{agent_entry}")
+    add_trunk_and_rule(rig, "phone")
+    run = await run_sipp(sipp_bin, CallScenario(hangup="agent"), rig.target, tmp_path / "s")
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == 200 and "bye_received" in trace.events
+    await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
+    expected = "agent_hangup" if agent_entry == "entry_hangup" else ("agents_left", "job_ended")
+    assert last_record(rig).end_reason in expected
+
+
+async def test_trunk_limit_answers_at_once_with_the_configured_code(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
+    rig.gateway.directory.add_trunk(
+        sip.SIPInboundTrunkInfo(name="limited", metadata=json.dumps({"max_calls": 1, "limit_status": 486}))
+    )
+    rig.gateway.directory.add_rule(agent_rule("phone"))
+    first = asyncio.ensure_future(run_sipp(sipp_bin, CallScenario(hold_ms=3000), rig.target, tmp_path / "a"))
+    await wait_until(lambda: rig.gateway.active_calls(), 20, "the first call")
+    second = await run_sipp(sipp_bin, CallScenario(expect=486), rig.target, tmp_path / "b")
+    assert second.returncode == 0, second.stderr
+    (trace,) = second.calls.values()
+    assert trace.status == 486 and trace.retry_after == "30"
+    assert "ringing" not in trace.events  # refused at once, no ringing
+    assert (await first).returncode == 0
+
+
+async def test_calls_over_tcp(rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
+    add_trunk_and_rule(rig, "phone")
+    run = await run_sipp(sipp_bin, CallScenario(hold_ms=200), rig.target, tmp_path / "s", transport="t1")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == 200

@@ -117,6 +117,7 @@ FINAL = """  <recv response="{code}">
       <ereg regexp="Retry-After: *([0-9]+)" search_in="msg" check_it="false" assign_to="ra_all,ra"/>
       <gettimeofday assign_to="s,us"/>
       <log message="EV [call_id] final [$s] [$us] {code} retry_after=[$ra]"/>
+      <log message="HDR [call_id] [$ra_all]"/>
     </action>
   </recv>
   <send>
