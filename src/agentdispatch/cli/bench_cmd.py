@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.console import Console
 
 from ..bench.dispatch.client import CLIENTS
 from ..bench.dispatch.run import DispatchBenchSettings, default_json_path, run_dispatch_bench
 from ..bench.dispatch.table import dispatch_table
-from ..protocol import ConfigError
-from ..protocol.jwt_warnings import ignore_short_hmac_key_warning
-from ..testing.serverproc import HarnessError
-from .output import publish_result
+from .output import run_benchmark, settings_from_options
 
 
 @click.command("dispatch")
@@ -57,41 +54,8 @@ from .output import publish_result
     default=None,
     help="py-spy the server while measuring: .txt = collapsed stacks (+ top functions), .svg, .json.",
 )
-def dispatch_command(
-    workers: int,
-    dispatches: int,
-    rate: float,
-    concurrency: int,
-    processes: int,
-    client: str,
-    rtt_samples: int,
-    assign_timeout: float,
-    json_path: Path | None,
-    server_url: str | None,
-    profile_server: Path | None,
-) -> None:
+def dispatch_command(json_path: Path | None, profile_server: Path | None, **options: Any) -> None:
     """CreateDispatch -> JobAssignment latency and throughput against the real server."""
-    ignore_short_hmac_key_warning()
-    console = Console(stderr=True)
-    try:
-        settings = DispatchBenchSettings(
-            workers=workers,
-            dispatches=dispatches,
-            rate=rate,
-            concurrency=concurrency,
-            processes=processes,
-            client=client,
-            server_url=server_url,
-            rtt_samples=rtt_samples,
-            assign_timeout=assign_timeout,
-            profile_path=profile_server,
-        )
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = settings_from_options(DispatchBenchSettings, profile_path=profile_server, **options)
     path = json_path or default_json_path(time.time())
-    try:
-        result = run_dispatch_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
-    except HarnessError as exc:
-        raise click.ClickException(str(exc)) from None
-    publish_result(result, path, dispatch_table(result))
-
+    run_benchmark(lambda log: run_dispatch_bench(settings, log=log), path, dispatch_table)

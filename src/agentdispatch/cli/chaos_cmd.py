@@ -8,14 +8,10 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from ..bench.chaos.result import chaos_table
 from ..bench.chaos.run import ChaosSettings, default_json_path, run_chaos
-from ..protocol import ConfigError
-from ..protocol.jwt_warnings import ignore_short_hmac_key_warning
-from ..testing.serverproc import HarnessError
-from .output import publish_result
+from .output import run_benchmark, settings_from_options
 
 
 @click.command("chaos")
@@ -73,21 +69,13 @@ def chaos_command(json_path: Path | None, run_dir: Path | None, **options: int |
 
     Exits 1 if a dispatch was lost or a job ran twice at once (see bench/README.md).
     """
-    ignore_short_hmac_key_warning()
-    console = Console(stderr=True)
-    try:
-        settings = ChaosSettings(**options)  # type: ignore[arg-type]
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = settings_from_options(ChaosSettings, **options)
     json_path = json_path or default_json_path(time.time())
     run_dir = run_dir or json_path.with_suffix("")
     try:
-        result = run_chaos(settings, run_dir, log=lambda text: console.print(f"[dim]{text}[/dim]"))
-    except HarnessError as exc:
-        raise click.ClickException(str(exc)) from None
+        result = run_benchmark(lambda log: run_chaos(settings, run_dir, log=log), json_path, chaos_table)
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise click.ClickException(f"interrupted; workers and server stopped (logs in {run_dir})") from None
-    publish_result(result, json_path, chaos_table(result))
     if not result["ok"]:
         click.echo(f"chaos FAILED: lost={result['lost']} double_run={result['double_run']}", err=True)
         sys.exit(1)

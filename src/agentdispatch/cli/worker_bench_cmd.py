@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.console import Console
 
 from ..bench.worker.result import worker_table
 from ..bench.worker.run import (
@@ -19,9 +19,7 @@ from ..bench.worker.run import (
     default_json_path,
     run_worker_bench,
 )
-from ..protocol import ConfigError
-from ..testing.serverproc import HarnessError
-from .output import publish_result
+from .output import run_benchmark, settings_from_options
 
 
 @click.command("worker")
@@ -59,35 +57,8 @@ from .output import publish_result
     default=None,
     help="Keep the workers' logs and records here (default: a temporary directory).",
 )
-def worker_bench_command(
-    jobs: int,
-    idle: int,
-    warmup_jobs: int,
-    pause: float,
-    settle: float,
-    log_level: str,
-    ours_launch: str,
-    json_path: Path | None,
-    workdir: Path | None,
-) -> None:
+def worker_bench_command(json_path: Path | None, **options: Any) -> None:
     """Job start latency (warm pool) and idle process memory: our worker vs livekit-agents, same server."""
-    console = Console(stderr=True)
-    try:
-        settings = WorkerBenchSettings(
-            jobs=jobs,
-            idle=idle,
-            warmup_jobs=warmup_jobs,
-            pause=pause,
-            settle=settle,
-            log_level=log_level,
-            ours_launch=ours_launch,
-            workdir=workdir,
-        )
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    settings = settings_from_options(WorkerBenchSettings, **options)
     path = json_path or default_json_path(time.time())
-    try:
-        result = run_worker_bench(settings, log=lambda text: console.print(f"[dim]{text}[/dim]"))
-    except HarnessError as exc:
-        raise click.ClickException(str(exc)) from None
-    publish_result(result, path, worker_table(result))
+    run_benchmark(lambda log: run_worker_bench(settings, log=log), path, worker_table)

@@ -5,6 +5,9 @@
 - `ServerProcess` / `ServerProcessSettings` (`testing.serverproc`): `agentdispatch server --dev` in a
   child process on a free loopback port, as a context manager; `wait_healthy`, `free_port`, `reap_tree`.
 - `run_fuzz` / `FuzzOptions` (`testing.fuzz`): malformed frames and requests against a running server.
+- `RedisProcess`, `HaproxyProcess`, `require` (`testing.services`): real peer services on loopback,
+  installed from Debian when missing (under CI=true a missing one fails the test, else it skips).
+- `wait_until` (`testing.waiting`): poll a condition with a timeout that names what it waited for.
 
 Used by this project's tests, its benchmarks and its demo. Names load on first use, so importing one
 submodule does not pull in the others.
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
         wait_healthy,
     )
     from .simworker import SimWorker, SimWorkerOptions
+    from .waiting import wait_until
 
 _EXPORTS = {
     "FuzzOptions": "fuzz",
@@ -40,6 +44,7 @@ _EXPORTS = {
     "wait_healthy": "serverproc",
     "SimWorker": "simworker",
     "SimWorkerOptions": "simworker",
+    "wait_until": "waiting",
 }
 
 __all__ = [
@@ -54,6 +59,7 @@ __all__ = [
     "reap_tree",
     "run_fuzz",
     "wait_healthy",
+    "wait_until",
 ]
 
 
