@@ -30,6 +30,7 @@ import pytest
 from livekit import api
 from livekit.protocol import agent, room
 
+from agentdispatch.server.events import JobEvent
 from agentdispatch.server import DispatchServer, ServerConfig
 from agentdispatch.testing.simworker import SimWorker, SimWorkerOptions
 
@@ -218,6 +219,12 @@ class JobLog:
         self.bus = bus
         self.latest: dict[str, agent.Job] = {}
         self.history: list[tuple[str, int]] = []
+        self.events: list[JobEvent] = []
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, JobEvent):
+            self.events.append(event)
+            self(event.job)
 
     def __call__(self, job: agent.Job) -> None:
         copy = agent.Job()
@@ -237,7 +244,7 @@ class Harness:
         self.http = http
         self.bus = Bus()
         self.jobs = JobLog(self.bus)
-        server.dispatcher.add_listener(self.jobs)
+        server.events.subscribe(self.jobs.on_event)
         self.api = api.LiveKitAPI(server.url, API_KEY, API_SECRET, session=http, failover=False)
         self.workers: list[ProbeWorker] = []
         self.presences: list[PresenceClient] = []

@@ -1,4 +1,4 @@
-"""The pure scheduler: LoadIndex picks the eligible worker with the lowest projected load."""
+"""The load index: LoadIndex picks the eligible worker with the lowest projected load."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentdispatch.server.scheduler import LoadIndex, LoadState
+from agentdispatch.server.load_index import LoadIndex
+from agentdispatch.server.load_state import LoadState
 
 
 def test_picks_minimum_projected_load() -> None:
@@ -87,7 +88,7 @@ def test_ties_are_broken_randomly() -> None:
 
 
 def test_projected_load() -> None:
-    state = LoadState(reported=0.25, since_report=2, pending_offers=1)
+    state = LoadState(reported=0.25, since_report={"j1", "j2"}, offers={"j3"})
     assert abs(state.projected(0.1) - 0.55) < 1e-9
     assert LoadState().projected(0.1) == 0.0
 

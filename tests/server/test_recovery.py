@@ -39,6 +39,29 @@ async def make_worker(server: DispatchServer) -> AsyncIterator[MakeWorker]:
         await w.aclose()
 
 
+async def _join(
+    server: DispatchServer, room: str, identity: str = "caller"
+) -> aiohttp.ClientWebSocketResponse:
+    """An end user in the room (a presence connection), so a job there has someone to serve."""
+    token = (
+        api.AccessToken("devkey", "secret")
+        .with_identity(identity)
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+        .to_jwt()
+    )
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(f"{server.ws_url}/presence?access_token={token}")
+    joined = await ws.receive_json(timeout=5)
+    assert joined["type"] == "joined"
+    ws._test_session = session  # type: ignore[attr-defined]  # closed with the socket below
+    return ws
+
+
+async def _leave(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.close()
+    await ws._test_session.close()  # type: ignore[attr-defined]
+
+
 async def _job(lkapi: api.LiveKitAPI, room: str) -> agent.Job:
     (dispatch,) = await lkapi.agent_dispatch.list_dispatch(room)
     (job,) = dispatch.state.jobs
@@ -54,10 +77,13 @@ async def _wait_status(lkapi: api.LiveKitAPI, room: str, status: int, timeout: f
         await asyncio.sleep(0.02)
 
 
-async def test_failed_job_restarts_on_another_worker(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_failed_job_restarts_on_another_worker(
+    server: DispatchServer, lkapi: api.LiveKitAPI, make_worker: MakeWorker
+) -> None:
     a = await make_worker()
     await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="r1"))
     first = (await a.next_event("assignment")).assignment.job
+    user = await _join(server, "r1")  # someone to serve: a crash is worth a restart
     b = await make_worker()
     await a.finish(first.id, JS.JS_FAILED, "boom")
     offer = await b.next_event("availability")
@@ -66,23 +92,79 @@ async def test_failed_job_restarts_on_another_worker(lkapi: api.LiveKitAPI, make
     await b.next_event("assignment")
     job = await _wait_status(lkapi, "r1", JS.JS_RUNNING)
     assert job.state.worker_id == b.id
-    assert job.state.error == "restart 1/2: boom"
+    assert job.state.error == "restart 1/2 after: boom"
+    await _leave(user)
 
 
-async def test_crash_loop_ends_failed_after_the_bound(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:
+async def test_crash_with_nobody_in_the_room_is_not_restarted(
+    lkapi: api.LiveKitAPI, make_worker: MakeWorker
+) -> None:
+    a = await make_worker()
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="empty"))
+    first = (await a.next_event("assignment")).assignment.job
+    b = await make_worker()
+    await a.finish(first.id, JS.JS_FAILED, "exited with code 255")
+    job = await _wait_status(lkapi, "empty", JS.JS_FAILED)
+    assert job.state.error == "exited with code 255 (not restarted: no participant in the room to serve)"
+    await asyncio.sleep(0.3)
+    assert b.received.offers == []
+
+
+async def test_crash_after_the_caller_hung_up_is_not_restarted(
+    server: DispatchServer, lkapi: api.LiveKitAPI, make_worker: MakeWorker
+) -> None:
+    a = await make_worker()
+    await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="rec", room="hung-up")
+    )
+    first = (await a.next_event("assignment")).assignment.job
+    user = await _join(server, "hung-up")
+    await _leave(user)
+    for _ in range(500):  # the server has seen the caller leave
+        if not (await server.rooms.audience("hung-up")).humans_now:
+            break
+        await asyncio.sleep(0.01)
+    await a.finish(first.id, JS.JS_FAILED, "exited with code 255")
+    job = await _wait_status(lkapi, "hung-up", JS.JS_FAILED)
+    assert job.state.error == "exited with code 255 (not restarted: nobody left in the room to serve)"
+    assert len(a.received.offers) == 1
+
+
+async def test_interrupted_job_is_restarted_even_before_anyone_joined(
+    lkapi: api.LiveKitAPI, make_worker: MakeWorker
+) -> None:
+    a = await make_worker()
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="cut"))
+    first = (await a.next_event("assignment")).assignment.job
+    b = await make_worker()
+    await a.finish(first.id, JS.JS_FAILED, "interrupted (drain timeout 3s)")
+    offer = await b.next_event("availability")
+    assert (offer.availability.job.id, offer.availability.resuming) == (first.id, True)
+    await b.next_event("assignment")
+    job = await _wait_status(lkapi, "cut", JS.JS_RUNNING)
+    assert job.state.error == "restart 1/2 after: interrupted (drain timeout 3s)"
+
+
+async def test_crash_loop_ends_failed_after_the_bound(
+    server: DispatchServer, lkapi: api.LiveKitAPI, make_worker: MakeWorker
+) -> None:
     w = await make_worker()
+    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="loop"))
+    first = (await w.next_event("assignment")).assignment.job
+    user = await _join(server, "loop")  # a caller is there the whole time: every crash is restarted
 
     def fail(assignment: agent.JobAssignment) -> None:
         asyncio.get_running_loop().create_task(w.finish(assignment.job.id, JS.JS_FAILED, "segfault"))
 
     w.on_assignment = fail
-    await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="rec", room="loop"))
+    await w.finish(first.id, JS.JS_FAILED, "segfault")
     job = await _wait_status(lkapi, "loop", JS.JS_FAILED)
     assert job.state.status == JS.JS_FAILED
     assert job.state.error == "segfault (after 2 restarts)"
     assert len(w.received.assignments) == 3  # first run + 2 restarts, then no more
     await asyncio.sleep(0.3)
     assert len(w.received.offers) == 3
+    await _leave(user)
 
 
 async def test_jrp_never_failure_is_final(lkapi: api.LiveKitAPI, make_worker: MakeWorker) -> None:

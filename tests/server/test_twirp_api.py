@@ -234,10 +234,11 @@ async def test_malformed_body_is_a_twirp_error(
 
 
 async def test_oversized_body_is_rejected(harness: Any, make_token: MakeToken) -> None:
-    body = '{"room": "r", "metadata": "' + "x" * (1024 * 1024 + 10) + '"}'
+    body = '{"room": "r", "metadata": "' + "x" * (2 * 1024 * 1024 + 10) + '"}'
     status, answer = await harness.twirp(CREATE, body, admin(make_token, "r"))
     assert 400 <= status < 500
     assert isinstance(answer, dict) and "code" in answer
+    assert await harness.api.agent_dispatch.list_dispatch("r") == []  # nothing half-created
 
 
 async def test_unsupported_content_type(harness: Any, make_token: MakeToken) -> None:
@@ -250,17 +251,30 @@ async def test_unsupported_content_type(harness: Any, make_token: MakeToken) -> 
 
 @pytest.mark.parametrize(
     "method",
-    [
-        "livekit.AgentDispatchService/Nope",
-        "livekit.NoService/CreateDispatch",
-        "livekit.RoomService/UpdateEverything",
-    ],
+    ["livekit.NoService/CreateDispatch", "other.RoomService/ListRooms"],
 )
-async def test_unknown_method_is_bad_route(harness: Any, make_token: MakeToken, method: str) -> None:
+async def test_unknown_service_is_bad_route(harness: Any, make_token: MakeToken, method: str) -> None:
     status, body = await harness.twirp(method, {}, admin(make_token, "r"))
     assert status == 404
     assert body["code"] == "bad_route"
     assert body["msg"]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "livekit.AgentDispatchService/Nope",
+        "livekit.RoomService/MutePublishedTrack",
+        "livekit.Egress/StartRoomCompositeEgress",
+    ],
+)
+async def test_method_of_a_livekit_service_we_do_not_serve_is_unimplemented(
+    harness: Any, make_token: MakeToken, method: str
+) -> None:
+    status, body = await harness.twirp(method, {}, admin(make_token, "r"))
+    assert status == 501
+    assert body["code"] == "unimplemented"
+    assert "not served" in body["msg"]
 
 
 async def test_wrong_http_method_is_a_twirp_bad_route(harness: Any, make_token: MakeToken) -> None:

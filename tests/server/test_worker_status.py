@@ -81,7 +81,7 @@ async def test_full_status_removes_worker_from_selection(harness: Any) -> None:
     await available.report(0.9)
     await full.sync()
     await available.sync()
-    assert not harness.server.registry.get(full.id).eligible
+    assert not harness.server.registry.is_eligible(harness.server.registry.get(full.id))
     winner = await _dispatch_and_find_winner(harness, "full-room", [full, available])
     assert winner is available
     assert full.received.offers == []
@@ -138,6 +138,6 @@ async def test_draining_worker_gets_no_offers(harness: Any) -> None:
     await draining.sync()
     await other.sync()
     session = harness.server.registry.get(draining.id)
-    assert session.draining and not session.eligible
+    assert session.draining and not harness.server.registry.is_eligible(session)
     assert await _dispatch_and_find_winner(harness, "drain-room", [draining, other]) is other
     assert draining.received.offers == []

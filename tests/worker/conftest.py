@@ -22,6 +22,7 @@ from livekit.protocol import agent, agent_dispatch
 
 from agentdispatch.protocol import WorkerError
 from agentdispatch.server import DispatchServer, ServerConfig
+from agentdispatch.server.events import JobEvent
 from agentdispatch.worker.options import WorkerOptions
 from agentdispatch.worker.proc_pool import BackoffPolicy
 from agentdispatch.worker.runtime import Tuning, Worker
@@ -101,7 +102,11 @@ class JobWatch:
 
     def __init__(self, server: DispatchServer) -> None:
         self.latest: dict[str, agent.Job] = {}
-        server.dispatcher.add_listener(self)
+        server.events.subscribe(self.on_event)
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, JobEvent):
+            self(event.job)
 
     def __call__(self, job: agent.Job) -> None:
         copy = agent.Job()

@@ -37,7 +37,9 @@ class TwirpError(ServerError):
         "already_exists": 409,
         "failed_precondition": 412,
         "resource_exhausted": 429,
+        "deadline_exceeded": 408,
         "internal": 500,
+        "unimplemented": 501,
         "unavailable": 503,
     }
 

@@ -1,19 +1,33 @@
-"""The worker endpoint `/agent`: auth, register-first, then frames into the dispatcher."""
+"""The worker endpoint `/agent`: auth, register-first, then frames into the job-lifecycle owner.
+
+The endpoint knows only what it needs (`AgentEndpointDeps`): keys, settings, clock, the dispatcher
+it hands frames to, and a hook for simulate_job. It never sees the rest of the server.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from livekit.protocol import agent, models
 
-from ..protocol import AuthError, KeyRing, ProtocolError, bearer_token, decode_worker_message
-from .session import SessionState, WorkerSession, validate_register
-
-if TYPE_CHECKING:
-    from .app import DispatchServer
+from ..protocol import (
+    AuthError,
+    KeyRing,
+    ProtocolError,
+    bearer_token,
+    decode_worker_message,
+    hs256,
+    new_id,
+)
+from ..util import SYSTEM_CLOCK, Clock
+from .config import ServerConfig
+from .dispatcher import Dispatcher
+from .session import OutboxLimits, SessionState, WorkerSession, validate_register
 
 log = logging.getLogger("agentdispatch.server.agent")
 
@@ -21,39 +35,92 @@ CLOSE_POLICY = aiohttp.WSCloseCode.POLICY_VIOLATION
 CLOSE_TOO_BIG = aiohttp.WSCloseCode.MESSAGE_TOO_BIG
 
 
-def authorize_worker(request: web.Request, keys: KeyRing) -> None:
-    """Raise AuthError unless the request carries a valid token with the `agent` grant."""
+def authorize_worker(request: web.Request, keys: KeyRing) -> str:
+    """Raise AuthError unless the request carries a valid token with the `agent` grant; return its key."""
     token = bearer_token(request.headers, request.query)
     claims = keys.verify(token)
     if claims.video is None or not claims.video.agent:
         raise AuthError("token lacks the video grant agent=true")
+    return str(hs256.unverified_payload(token).get("iss", ""))
+
+
+@dataclass(frozen=True)
+class AgentEndpointDeps:
+    config: ServerConfig
+    keys: KeyRing
+    dispatcher: Dispatcher
+    node_id: str
+    version: str
+    clock: Clock = SYSTEM_CLOCK
 
 
 class AgentEndpoint:
-    def __init__(self, server: DispatchServer) -> None:
-        self._server = server
+    def __init__(self, deps: AgentEndpointDeps) -> None:
+        self._deps = deps
+        self._sessions: set[WorkerSession] = set()
+        self._closing = False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        cfg = self._server.config
+        cfg = self._deps.config
         ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=None, autoping=True)
         if not ws.can_prepare(request).ok:
             raise web.HTTPNotFound(text="/agent accepts WebSocket upgrades only")
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="server shutting down")
         try:
-            authorize_worker(request, self._server.keys)
+            api_key = authorize_worker(request, self._deps.keys)
         except AuthError as exc:
+            log.warning("worker auth failed", extra={"remote": request.remote or "?", "reason": str(exc)})
             raise web.HTTPUnauthorized(text=str(exc)) from None
         await ws.prepare(request)
-        session = WorkerSession(ws, request.remote or "?")
+        limits = OutboxLimits(cfg.worker_outbox_bytes, cfg.worker_send_timeout)
+        session = WorkerSession(ws, api_key, request.transport, limits, self._deps.clock.wall_ns())
+        self._sessions.add(session)
+        writer = asyncio.get_running_loop().create_task(session.run_writer(), name=f"writer:{session.id}")
         try:
             await self._serve(session)
         except ProtocolError as exc:
             log.warning("protocol violation, closing", extra={"worker_id": session.id, "error": str(exc)})
             await ws.close(code=CLOSE_POLICY, message=str(exc)[:120].encode())
         finally:
-            await self._server.worker_disconnected(session)
+            self._sessions.discard(session)
+            self._disconnected(session)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
             if not ws.closed:
-                await ws.close()
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
+                    await asyncio.wait_for(ws.close(), 2.0)
         return ws
+
+    def _disconnected(self, session: WorkerSession) -> None:
+        if session.state is SessionState.CLOSED:
+            return
+        registered = session.state is SessionState.REGISTERED
+        session.transition(SessionState.CLOSED)
+        if registered:
+            self._deps.dispatcher.worker_gone(session)
+
+    async def close_all(self, reason: str, timeout: float) -> None:
+        """Shutdown: tell every worker to go away (reconnect elsewhere) and close, within `timeout`."""
+        self._closing = True
+        go_away = agent.ServerMessage(go_away=agent.AgentHttp.GoAway(reason=reason))
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.post(go_away)
+
+        async def close(session: WorkerSession) -> None:
+            await asyncio.sleep(0)  # let the writer hand over go_away first
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(
+                    session.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=reason.encode()[:120]),
+                    timeout,
+                )
+            if not session.ws.closed:
+                session.cut_off("did not close in time at shutdown")
+
+        if sessions:
+            await asyncio.gather(*(close(s) for s in sessions))
 
     async def _receive(
         self, session: WorkerSession, wait: float | None, expected: str
@@ -68,21 +135,20 @@ class AgentEndpoint:
         if frame.type == aiohttp.WSMsgType.ERROR:
             exc = ws.exception()
             if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
-                raise ProtocolError(f"frame larger than {self._server.config.max_frame_bytes} bytes")
+                raise ProtocolError(f"frame larger than {self._deps.config.max_frame_bytes} bytes")
             return None
         if frame.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
             raise ProtocolError(f"unexpected frame type {frame.type.name}")
         msg, encoding = decode_worker_message(frame.data)
         session.encoding = encoding
-        session.last_frame_at = self._server.clock.monotonic()
         return msg
 
     async def _serve(self, session: WorkerSession) -> None:
-        cfg = self._server.config
-        deadline = self._server.clock.monotonic() + cfg.register_timeout
+        cfg = self._deps.config
+        deadline = self._deps.clock.monotonic() + cfg.register_timeout
         while session.state is SessionState.CONNECTED:
             expected = f"register (deadline {cfg.register_timeout:g}s)"
-            remaining = deadline - self._server.clock.monotonic()
+            remaining = deadline - self._deps.clock.monotonic()
             if remaining <= 0:
                 raise ProtocolError(f"{expected} not received in time")
             msg = await self._receive(session, remaining, expected)
@@ -103,19 +169,19 @@ class AgentEndpoint:
             await self._handle(session, msg)
 
     async def _register(self, session: WorkerSession, req: agent.RegisterWorkerRequest) -> None:
-        reg = validate_register(req, self._server.config.default_ping_interval)
+        reg = validate_register(req, self._deps.config.default_ping_interval)
         session.reg = reg
         session.transition(SessionState.REGISTERED)
-        cfg = self._server.config
+        cfg = self._deps.config
         info = models.ServerInfo(
             edition=models.ServerInfo.Edition.Standard,
-            version=self._server.version,
+            version=self._deps.version,
             protocol=16,
             agent_protocol=1,
             region=cfg.region,
-            node_id=self._server.node_id,
+            node_id=self._deps.node_id,
         )
-        await session.send(
+        session.post(
             agent.ServerMessage(register=agent.RegisterWorkerResponse(worker_id=session.id, server_info=info))
         )
         log.info(
@@ -128,34 +194,53 @@ class AgentEndpoint:
                 "version": reg.version,
             },
         )
-        await self._server.worker_registered(session)
+        self._deps.dispatcher.worker_registered(session)
 
     async def _pong(self, session: WorkerSession, ping: agent.WorkerPing) -> None:
         pong = agent.WorkerPong(
-            last_timestamp=ping.timestamp, timestamp=self._server.clock.wall_ns() // 1_000_000
+            last_timestamp=ping.timestamp, timestamp=self._deps.clock.wall_ns() // 1_000_000
         )
-        await session.send(agent.ServerMessage(pong=pong))
+        session.post(agent.ServerMessage(pong=pong))
 
     async def _handle(self, session: WorkerSession, msg: agent.WorkerMessage) -> None:
         which = msg.WhichOneof("message")
-        dispatcher = self._server.dispatcher
+        dispatcher = self._deps.dispatcher
         if which == "availability":
             await dispatcher.on_availability(session, msg.availability)
         elif which == "update_worker":
-            was_eligible = session.eligible
-            session.apply_status(msg.update_worker)
-            self._server.registry.refresh(session)
-            if session.eligible and (not was_eligible or dispatcher.pending_count):
-                await dispatcher.worker_available(session)
+            dispatcher.worker_status(session, msg.update_worker)
         elif which == "update_job":
             await dispatcher.on_job_update(session, msg.update_job)
         elif which == "ping":
             await self._pong(session, msg.ping)
         elif which == "migrate_job":
-            await self._server.migrate_jobs(session, msg.migrate_job)
+            await dispatcher.migrate(session, msg.migrate_job)
         elif which == "simulate_job":
-            await self._server.simulate_job(session, msg.simulate_job)
+            await dispatcher.simulate(simulated_job(session, msg.simulate_job), session)
         elif which == "register":
             raise ProtocolError("worker is already registered")
         else:
             raise ProtocolError(f"unknown worker message {which}")
+
+
+def simulated_job(session: WorkerSession, req: agent.SimulateJobRequest) -> agent.Job:
+    """The job a simulate_job asks for: JT_PUBLISHER with a participant, else JT_ROOM."""
+    reg = session.registration
+    room = models.Room()
+    room.CopyFrom(req.room)
+    if not room.name:
+        room.name = new_id("sim-")
+    if not room.sid:
+        room.sid = new_id("RM_")
+    job = agent.Job(
+        id=new_id("AJ_"),
+        dispatch_id=new_id("AD_"),
+        type=agent.JobType.JT_PUBLISHER if req.HasField("participant") else agent.JobType.JT_ROOM,
+        room=room,
+        agent_name=reg.agent_name,
+        namespace=reg.namespace,
+        deployment=reg.deployment,
+    )
+    if req.HasField("participant"):
+        job.participant.CopyFrom(req.participant)
+    return job

@@ -1,29 +1,44 @@
-"""The dispatch server: wires store, registry, dispatcher, rooms and endpoints into one aiohttp app."""
+"""The dispatch server: wires store, registry, dispatcher, rooms and endpoints into one aiohttp app.
+
+Each endpoint gets the narrow set of collaborators it needs, never this object. Every lifecycle
+change is published on `events` (an EventBus); the job log, presence relay and operator tools
+subscribe there.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
-from livekit.protocol import agent, models
 
 from .. import __version__
 from ..protocol import KeyRing, new_id
 from ..util import SYSTEM_CLOCK, Clock
-from .agent_endpoint import AgentEndpoint
+from .agent_endpoint import AgentEndpoint, AgentEndpointDeps
 from .config import ServerConfig
-from .dispatcher import ENDED, Dispatcher
+from .connguard import FD_RESERVE, ConnectionGuard, GuardedSite, raise_open_file_limit
+from .dispatcher import Dispatcher
+from .events import EventBus
+from .fleet import FleetView
+from .joblog import JobLog
+from .ops import Operations
 from .presence import PresenceHub
-from .registry import WorkerRegistry
+from .registry import SelectionRules, WorkerRegistry
 from .rooms import RoomManager
-from .session import SessionState, WorkerSession
 from .store import Store, open_store
 from .twirp import TwirpServices
 
 log = logging.getLogger("agentdispatch.server")
+
+MEDIA_NOT_SERVED = (
+    "agentdispatch serves LiveKit's agent protocol and Twirp APIs, not WebRTC media: "
+    "a job joins its room through the presence endpoint (JobContext.connect() in agentdispatch's runtime); "
+    "see docs/presence.md"
+)
 
 
 class DispatchServer:
@@ -37,36 +52,97 @@ class DispatchServer:
         self.keys = KeyRing(config.keys)
         self._owns_store = store is None
         self.store: Store = store or open_store(config.redis_url, clock=clock)
-        self.registry = WorkerRegistry(config.per_job_load)
-        self.dispatcher = Dispatcher(config, self.store, self.registry, self.keys.first, clock)
-        self.rooms = RoomManager(config, self.store, self.registry, self.dispatcher, clock)
-        self.presence = PresenceHub(self)
-        self.rooms.add_observer(self.presence)
-        self._agent = AgentEndpoint(self)
-        self._twirp = TwirpServices(self)
-        self._orphans: dict[str, asyncio.TimerHandle] = {}
+        self.events = EventBus()
+        self.events.subscribe(JobLog())
+        rules = SelectionRules(
+            per_job_load=config.per_job_load,
+            offer_timeout=config.offer_timeout,
+            max_backoff=config.max_offer_backoff,
+            status_stale_after=config.status_stale_after,
+        )
+        self.registry = WorkerRegistry(rules, clock, random.Random(), self.node_id)
+        self.dispatcher = Dispatcher(config, self.store, self.registry, self.keys.first, self.events, clock)
+        self.rooms = RoomManager(config, self.store, self.registry, self.dispatcher, self.events, clock)
+        self.fleet = FleetView(self.registry, self.dispatcher, clock)
+        self.presence = PresenceHub(self.keys, self.rooms)
+        self.events.subscribe(self.presence.on_event)
+        self._agent = AgentEndpoint(
+            AgentEndpointDeps(config, self.keys, self.dispatcher, self.node_id, self.version, clock)
+        )
+        self.twirp = TwirpServices(self.keys, self.rooms, self.store, config.body_timeout, clock)
+        self.ops = Operations(config, self.events, self.keys, clock, self.node_id, self.version)
+        self._guard: ConnectionGuard | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
+        self._closed = False
         self.app = self._build_app()
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=2 * 1024 * 1024)
+        app = web.Application(client_max_size=self.config.max_frame_bytes, middlewares=[self._guarded])
         app.router.add_get("/", self._health)
         app.router.add_get("/agent", self._agent.handle)
         app.router.add_get("/presence", self.presence.handle)
-        app.router.add_routes(self._twirp.routes())
+        for path in ("/rtc", "/rtc/validate", "/rtc/v1", "/rtc/v1/validate"):
+            app.router.add_route("*", path, self._media)
+        app.router.add_routes(self.twirp.routes())
+        self.ops.mount(app)
         return app
+
+    @web.middleware
+    async def _guarded(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._guard is not None:
+            return await self._guard.middleware(request, self._logged(handler))
+        return await self._logged(handler)(request)
+
+    @staticmethod
+    def _logged(
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except web.HTTPNotFound:
+                if request.match_info.route.resource is None:
+                    log.info(
+                        "request for an unknown path", extra={"path": request.path, "method": request.method}
+                    )
+                raise
+
+        return run
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="OK")
 
+    async def _media(self, request: web.Request) -> web.Response:
+        log.warning(
+            "a client asked for WebRTC signalling, which this server does not serve",
+            extra={"path": request.path, "remote": request.remote or "?"},
+        )
+        return web.json_response(
+            {"code": "unimplemented", "msg": MEDIA_NOT_SERVED}, status=501, headers={"Connection": "close"}
+        )
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        limit = raise_open_file_limit()
+        cap = self.config.max_connections or max(64, limit - FD_RESERVE)
+        self._guard = ConnectionGuard(self.config.header_timeout, cap, self.clock)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        self._site = GuardedSite(self._runner, self.config.host, self.config.port, self._guard)
         await self._site.start()
-        log.info("dispatch server listening", extra={"url": self.url, "node_id": self.node_id})
+        self._guard.start()
+        log.info(
+            "dispatch server listening",
+            extra={
+                "url": self.url,
+                "node_id": self.node_id,
+                "open_file_limit": limit,
+                "max_connections": cap,
+            },
+        )
 
     @property
     def port(self) -> int:
@@ -83,96 +159,37 @@ class DispatchServer:
         return f"ws://{self.config.host}:{self.port}"
 
     async def aclose(self) -> None:
-        for timer in self._orphans.values():
-            timer.cancel()
-        self._orphans.clear()
+        """Stop within `config.shutdown_timeout` (+1 s for the HTTP runner), whatever is connected.
+
+        No restart begins once shutdown starts; workers get go_away and a close frame (their running
+        jobs keep running and are migrated to the next server); presence clients get `room_closed`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        budget = self.config.shutdown_timeout
+        self.dispatcher.shutting_down = True
         if self._site is not None:
             await self._site.stop()  # no new connections from here on
-        go_away = agent.ServerMessage(go_away=agent.AgentHttp.GoAway(reason="server shutting down"))
-        for session in self.registry:
-            await session.send(go_away)
-            await session.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        try:
+            async with asyncio.timeout(budget):
+                await self._agent.close_all("server shutting down", budget / 2)
+                await self.presence.close_all("server shutting down", budget / 2)
+        except TimeoutError:
+            log.warning(
+                "shutdown: connections did not close in time; cutting them", extra={"seconds": budget}
+            )
         await self.rooms.aclose()
         await self.dispatcher.aclose()
+        if self._guard is not None:
+            await self._guard.aclose()
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(budget):
+                    await self._runner.cleanup()
+            self._runner = None
         if self._owns_store:
             await self.store.aclose()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    # -- worker events (called by the /agent endpoint) --------------------------------------------
-    async def worker_registered(self, session: WorkerSession) -> None:
-        self.registry.add(session)
-        await self.rooms.worker_registered(session)
-        await self.dispatcher.worker_available(session)
-
-    async def worker_disconnected(self, session: WorkerSession) -> None:
-        if session.state is SessionState.CLOSED:
-            return
-        registered = session.state is SessionState.REGISTERED
-        session.transition(SessionState.CLOSED)
-        if not registered:
-            return
-        running = await self.dispatcher.worker_gone(session)
-        log.info("worker disconnected", extra={"worker_id": session.id, "running_jobs": len(running)})
-        loop = asyncio.get_running_loop()
-        for job_id in running:
-            self._orphans[job_id] = loop.call_later(
-                self.config.reconnect_grace, self._orphan_expired_cb, job_id, session.id
-            )
-
-    def _orphan_expired_cb(self, job_id: str, worker_id: str) -> None:
-        self._orphans.pop(job_id, None)
-        self.dispatcher.spawn(self._orphan_expired(job_id, worker_id), f"orphan:{job_id}")
-
-    async def _orphan_expired(self, job_id: str, worker_id: str) -> None:
-        job = await self.store.get_job(job_id)
-        if job is None or job.state.status in ENDED or job.state.worker_id != worker_id:
-            return
-        await self.dispatcher.restart_or_fail(job, "worker lost", worker_id)
-
-    async def migrate_jobs(self, session: WorkerSession, req: agent.MigrateJobRequest) -> None:
-        """A (re)connected worker reports jobs it still runs: keep them with it, never run twice."""
-        for job_id in req.job_ids:
-            job = await self.store.get_job(job_id)
-            owner = self.registry.get(job.state.worker_id) if job is not None else None
-            if job is None or job.state.status in ENDED or (owner is not None and owner is not session):
-                log.info("migrate refused, terminating", extra={"job_id": job_id, "worker_id": session.id})
-                await session.send(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
-                continue
-            if self.dispatcher.is_pending(job_id):
-                await self.dispatcher.cancel_pending(job_id)
-            timer = self._orphans.pop(job_id, None)
-            if timer is not None:
-                timer.cancel()
-            job.state.worker_id = session.id
-            job.state.status = agent.JobStatus.JS_RUNNING
-            job.state.updated_at = self.clock.wall_ns()
-            await self.store.update_job(job)
-            session.active_jobs.add(job_id)
-            self.registry.refresh(session)
-            log.info("job migrated", extra={"job_id": job_id, "worker_id": session.id})
-
-    async def simulate_job(self, session: WorkerSession, req: agent.SimulateJobRequest) -> None:
-        reg = session.registration
-        room = models.Room()
-        room.CopyFrom(req.room)
-        if not room.name:
-            room.name = new_id("sim-")
-        if not room.sid:
-            room.sid = new_id("RM_")
-        job = agent.Job(
-            id=new_id("AJ_"),
-            dispatch_id=new_id("AD_"),
-            type=agent.JobType.JT_PUBLISHER if req.HasField("participant") else agent.JobType.JT_ROOM,
-            room=room,
-            agent_name=reg.agent_name,
-            namespace=reg.namespace,
-            deployment=reg.deployment,
-        )
-        if req.HasField("participant"):
-            job.participant.CopyFrom(req.participant)
-        await self.dispatcher.offer_to(job, session)
 
 
 async def serve_forever(

@@ -43,6 +43,24 @@ class ServerConfig:
     default_ping_interval: float = 30.0
     #: redis:// URL of the shared store (cluster mode); empty keeps everything in this process
     redis_url: str = ""
+    #: bytes the jobs waiting for a worker may hold (job records incl. metadata); over it: resource_exhausted
+    queue_bytes_limit: int = 256 * 1024 * 1024
+    #: bytes queued to one worker before it is disconnected as not reading
+    worker_outbox_bytes: int = 8 * 1024 * 1024
+    #: seconds a worker's socket may take to accept one frame before it is disconnected
+    worker_send_timeout: float = 10.0
+    #: a worker that has sent status reports and then sends none for this long is not offered jobs (0 = off)
+    status_stale_after: float = 15.0
+    #: longest pause in offers to a worker that left offers unanswered (the pause doubles per timeout)
+    max_offer_backoff: float = 60.0
+    #: seconds a client has to send a request's headers (first request, or next one on a kept-alive socket)
+    header_timeout: float = 10.0
+    #: seconds a client has to send a request body once the headers are in
+    body_timeout: float = 30.0
+    #: open connections served at once; further ones get 503 at once (0 = derived from the open-file limit)
+    max_connections: int = 0
+    #: seconds shutdown may take in all (workers told to go away, rooms closed, sockets closed)
+    shutdown_timeout: float = 5.0
     #: URLs that receive LiveKit-format webhooks (docs/operations.md); empty: no webhooks
     webhook_urls: tuple[str, ...] = ()
     #: API key whose secret signs webhooks (default: the first key)
@@ -60,7 +78,17 @@ class ServerConfig:
                 raise ConfigError("API keys and secrets must be non-empty")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        for name in ("offer_timeout", "dispatch_deadline", "register_timeout", "default_ping_interval"):
+        for name in (
+            "offer_timeout",
+            "dispatch_deadline",
+            "register_timeout",
+            "default_ping_interval",
+            "worker_send_timeout",
+            "header_timeout",
+            "body_timeout",
+            "shutdown_timeout",
+            "max_offer_backoff",
+        ):
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value!r}")
@@ -68,6 +96,11 @@ class ServerConfig:
             raise ConfigError(f"reconnect_grace must be >= 0, got {self.reconnect_grace!r}")
         if self.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, got {self.max_restarts}")
+        for name in ("queue_bytes_limit", "worker_outbox_bytes"):
+            if getattr(self, name) < 64 * 1024:
+                raise ConfigError(f"{name} must be >= 65536 bytes, got {getattr(self, name)}")
+        if self.status_stale_after < 0 or self.max_connections < 0:
+            raise ConfigError("status_stale_after and max_connections must be >= 0")
         if self.queue_limit < 1:
             raise ConfigError(f"queue_limit must be >= 1, got {self.queue_limit}")
         if not 0 < self.per_job_load <= 1:

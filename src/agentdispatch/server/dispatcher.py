@@ -1,7 +1,12 @@
-"""The job lifecycle: queue -> offer -> assign -> run -> end. Never drops a job silently.
+"""The job lifecycle owner: queue -> offer -> assign -> run -> (orphan -> migrate | restart) -> end.
 
-Placement asks the registry for the worker with the lowest projected load that this job has not
-been offered to yet. No candidate: the job waits in a bounded FIFO per worker key until a matching
+Every change of a job goes through this class and is emitted once on the EventBus (metrics,
+webhooks, the dashboard and the job log subscribe there). Load bookkeeping is the registry's:
+this class tells it what happened and never touches the numbers. Nothing here awaits a worker's
+socket: messages are posted to the worker's outbox.
+
+Placement asks the registry for the eligible worker with the lowest projected load that this job
+has not been offered to yet. No candidate: the job waits in a FIFO per worker key until a matching
 worker becomes available or its dispatch deadline passes (then it ends FAILED, reason visible).
 """
 
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +23,9 @@ from livekit.protocol import agent, agent_dispatch
 from ..protocol import JobTokenRequest, KeyPair, TwirpError, mint_job_token
 from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .config import ServerConfig
+from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind
 from .registry import WorkerRegistry
+from .restarts import Cause, RestartFacts, RoomAudience, cause_of, restart_refusal
 from .session import ANY_DEPLOYMENT, WorkerKey, WorkerSession, job_key
 from .store import Store
 
@@ -34,7 +41,8 @@ JSR_RETRYING = agent.JobStateReason.JSR_RETRYING
 JSR_NO_CAPACITY = agent.JobStateReason.JSR_NO_CAPACITY
 JRP_NEVER = agent_dispatch.JobRestartPolicy.JRP_NEVER
 ENDED = (JS_SUCCESS, JS_FAILED, JS_CANCELLED)
-JobListener = Callable[[agent.Job], None]
+K = JobEventKind
+AudienceOf = Callable[[str], Awaitable[RoomAudience]]
 
 
 @dataclass(eq=False)
@@ -43,7 +51,8 @@ class PendingJob:
 
     job: agent.Job
     key: WorkerKey
-    deadline: float
+    size: int
+    wait: float
     resuming: bool = False
     tried: set[str] = field(default_factory=set)
     offered_to: WorkerSession | None = None
@@ -53,6 +62,18 @@ class PendingJob:
     pinned: bool = False  # simulated jobs go to the worker that asked, nowhere else
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a running job: only the same API key and worker key may migrate it."""
+
+    api_key: str
+    worker_key: WorkerKey
+
+
+async def _nobody(room: str) -> RoomAudience:
+    return RoomAudience(exists=True, humans_now=0, ever_had_humans=False)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -60,6 +81,7 @@ class Dispatcher:
         store: Store,
         registry: WorkerRegistry,
         keys: KeyPair,
+        events: EventBus | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._config = config
@@ -67,148 +89,174 @@ class Dispatcher:
         self._registry = registry
         self._keys = keys
         self._clock = clock
+        self.events = events or EventBus()
         self._pending: dict[str, PendingJob] = {}
+        self._pending_bytes = 0
         self._queues: dict[WorkerKey, dict[str, PendingJob]] = {}
-        self._listeners: list[JobListener] = []
         self._restarts: dict[str, int] = {}
+        self._owners: dict[str, Owner] = {}
+        self._orphans: dict[str, asyncio.TimerHandle] = {}
+        self._backoff_timers: dict[str, asyncio.TimerHandle] = {}
+        self._audience: AudienceOf = _nobody
         self._tasks = TaskSet("dispatcher")
+        self.shutting_down = False
 
-    # -- observation -------------------------------------------------------------------------
-    def add_listener(self, listener: JobListener) -> None:
-        """Called with the job after every state change (metrics, demo views, webhooks)."""
-        self._listeners.append(listener)
+    def set_audience(self, audience: AudienceOf) -> None:
+        """How the restart rule learns who is in a room (the room manager provides it)."""
+        self._audience = audience
 
-    def _emit(self, job: agent.Job) -> None:
-        for listener in self._listeners:
-            listener(job)
+    # -- events ---------------------------------------------------------------------------------
+    def _emit(self, kind: JobEventKind, job: agent.Job, worker_id: str = "", detail: str = "") -> None:
+        self.events.emit(JobEvent(kind, job, worker_id, detail, self._clock.monotonic()))
 
+    # -- capacity ---------------------------------------------------------------------------------
     @property
     def pending_count(self) -> int:
         return len(self._pending)
 
-    def queued_count(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
-    def check_capacity(self, extra: int = 1) -> None:
-        if len(self._pending) + extra > self._config.queue_limit:
-            raise TwirpError(
-                "resource_exhausted",
-                f"{len(self._pending)} jobs already wait for a worker (limit {self._config.queue_limit})",
-            )
-
-    # -- submission ----------------------------------------------------------------------------
-    async def submit(self, job: agent.Job, deadline: float | None = None, resuming: bool = False) -> None:
-        """Take a new (or resumed) job and place it; it is stored before this returns."""
-        pj = await self._admit(job, deadline, resuming)
-        await self._place(pj)
-
-    async def offer_to(self, job: agent.Job, worker: WorkerSession) -> None:
-        """Offer a job to one given worker only (simulate_job)."""
-        pj = await self._admit(job, None, False)
-        pj.pinned = True
-        await self._offer(pj, worker)
-
-    async def _admit(self, job: agent.Job, deadline: float | None, resuming: bool) -> PendingJob:
-        self.check_capacity()
-        job.state.status = JS_PENDING
-        job.state.updated_at = self._clock.wall_ns()
-        await self._store.add_job(job)
-        wait = self._config.dispatch_deadline if deadline is None else deadline
-        pj = PendingJob(job=job, key=job_key(job), deadline=self._clock.monotonic() + wait, resuming=resuming)
-        self._pending[job.id] = pj
-        pj.deadline_timer = asyncio.get_running_loop().call_later(wait, self._on_deadline_timer, job.id)
-        self._emit(job)
-        return pj
-
     def is_pending(self, job_id: str) -> bool:
+        """The job waits for a worker (queued or being offered)."""
         return job_id in self._pending
 
-    async def cancel_pending(self, job_id: str) -> None:
-        """Stop placing a job without ending it (its worker came back and kept it)."""
-        pj = self._pending.get(job_id)
-        if pj is None:
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def waiting(self) -> list[tuple[agent.Job, float]]:
+        """Jobs waiting for a worker (queued, not being offered) with their wait deadline."""
+        return [(pj.job, pj.wait) for q in self._queues.values() for pj in q.values()]
+
+    def check_capacity(self, extra: int = 1, extra_bytes: int = 0) -> None:
+        """Raise resource_exhausted when `extra` more waiting jobs would break a bound."""
+        cfg = self._config
+        if len(self._pending) + extra > cfg.queue_limit:
+            raise TwirpError(
+                "resource_exhausted",
+                f"{len(self._pending)} jobs already wait for a worker (limit {cfg.queue_limit})",
+            )
+        if self._pending_bytes + extra_bytes > cfg.queue_bytes_limit:
+            raise TwirpError(
+                "resource_exhausted",
+                f"jobs waiting for a worker hold {self._pending_bytes} bytes "
+                f"(limit {cfg.queue_bytes_limit}); retry later or send less metadata",
+            )
+
+    # -- submission ------------------------------------------------------------------------------
+    async def submit(self, job: agent.Job, deadline: float | None = None) -> None:
+        """Take a new job and place it; it is stored before this returns."""
+        pj = await self._admit(job, deadline, resuming=False, new=True)
+        self._warn_if_unserved(pj)
+        self._place(pj)
+
+    async def simulate(self, job: agent.Job, worker: WorkerSession) -> None:
+        """Offer a job to the worker that asked for it (simulate_job), nowhere else."""
+        pj = await self._admit(job, None, resuming=False, new=True)
+        pj.pinned = True
+        self._offer(pj, worker)
+
+    async def _admit(self, job: agent.Job, deadline: float | None, resuming: bool, new: bool) -> PendingJob:
+        size = job.ByteSize()
+        self.check_capacity(1, size)
+        job.state.status = JS_PENDING
+        job.state.updated_at = self._clock.wall_ns()
+        if new:
+            await self._store.add_job(job)
+        else:
+            await self._store.update_job(job)
+        wait = self._config.dispatch_deadline if deadline is None else deadline
+        pj = PendingJob(job=job, key=job_key(job), size=size, wait=wait, resuming=resuming)
+        self._pending[job.id] = pj
+        self._pending_bytes += size
+        pj.deadline_timer = asyncio.get_running_loop().call_later(wait, self._on_deadline_timer, job.id)
+        self._emit(K.RESTARTING if resuming else K.CREATED, job, detail=job.state.error if resuming else "")
+        return pj
+
+    def _warn_if_unserved(self, pj: PendingJob) -> None:
+        name, ns, _, dep = pj.key
+        if self._registry.job_types(name, ns, dep if dep != ANY_DEPLOYMENT else ""):
             return
-        if pj.offered_to is not None:
-            self._clear_offer(pj, pj.offered_to)
-        self._forget_pending(pj)
+        log.warning(
+            "no registered worker serves this agent name yet; the job waits for one",
+            extra={
+                "job_id": pj.job.id,
+                "dispatch_id": pj.job.dispatch_id,
+                "room": pj.job.room.name,
+                "agent_name": name,
+                "registered_agent_names": self._registry.agent_names(),
+                "deadline_s": pj.wait,
+            },
+        )
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self._tasks.spawn(coro, name)
 
-    async def _place(self, pj: PendingJob) -> None:
+    def _place(self, pj: PendingJob) -> None:
         if pj.pinned:
-            await self._finish_pending(pj, JS_FAILED, "simulated job was not accepted")
+            self._tasks.spawn(self._finish_pending(pj, JS_FAILED, "simulated job was not accepted"), "sim")
             return
         if pj.expired:
-            await self._fail_no_capacity(pj)
+            self._tasks.spawn(self._fail_no_capacity(pj), f"deadline:{pj.job.id}")
             return
         worker = self._registry.best(pj.key, exclude=pj.tried)
         if worker is None:
             pj.tried.clear()
             self._queues.setdefault(pj.key, {})[pj.job.id] = pj
-            log.debug("job queued", extra={"job_id": pj.job.id, "agent_name": pj.job.agent_name})
+            self._emit(K.QUEUED, pj.job)
             return
-        await self._offer(pj, worker)
+        self._offer(pj, worker)
 
-    async def _offer(self, pj: PendingJob, worker: WorkerSession) -> None:
+    def _offer(self, pj: PendingJob, worker: WorkerSession) -> None:
         job_id = pj.job.id
         pj.tried.add(worker.id)
         pj.offered_to = worker
-        worker.offers.add(job_id)
-        worker.load.pending_offers += 1
-        self._registry.refresh(worker)
+        self._registry.offer_made(worker, job_id)
         pj.offer_timer = asyncio.get_running_loop().call_later(
             self._config.offer_timeout, self._on_offer_timer, job_id, worker.id
         )
+        self._emit(K.OFFERED, pj.job, worker.id)
         msg = agent.ServerMessage(availability=agent.AvailabilityRequest(job=pj.job, resuming=pj.resuming))
-        if not await worker.send(msg):
-            await self._withdraw_offer(pj, worker)
+        if not worker.post(msg):
+            self._clear_offer(pj)
+            self._registry.offer_voided(worker, job_id)
+            self._retry(pj)
 
-    def _clear_offer(self, pj: PendingJob, worker: WorkerSession, rerank: bool = True) -> None:
+    def _clear_offer(self, pj: PendingJob) -> None:
         if pj.offer_timer is not None:
             pj.offer_timer.cancel()
             pj.offer_timer = None
         pj.offered_to = None
-        if pj.job.id in worker.offers:
-            worker.offers.discard(pj.job.id)
-            worker.load.pending_offers -= 1
-            if rerank:
-                self._registry.refresh(worker)
 
-    async def _withdraw_offer(self, pj: PendingJob, worker: WorkerSession) -> None:
-        """The offer is void (timeout, refusal, lost worker): try the next worker."""
-        self._clear_offer(pj, worker)
+    def _retry(self, pj: PendingJob) -> None:
         if self._pending.get(pj.job.id) is pj:
-            await self._place(pj)
+            self._place(pj)
 
-    # -- worker answers -----------------------------------------------------------------------
+    # -- worker answers ---------------------------------------------------------------------------
     async def on_availability(self, worker: WorkerSession, resp: agent.AvailabilityResponse) -> None:
         pj = self._pending.get(resp.job_id)
-        if pj is None and resp.job_id in worker.active_jobs:
-            log.info(
-                "repeated answer for a job this worker runs",
-                extra={"job_id": resp.job_id, "worker_id": worker.id},
-            )
+        if pj is None and resp.job_id in worker.load.jobs:
+            log.info("repeated answer for a job this worker runs", extra=self._ids(resp.job_id, worker))
             return
         if pj is None or pj.offered_to is not worker:
             # late or unknown answer: the job went elsewhere, ended, or never existed
-            log.info(
-                "late availability answer ignored",
-                extra={"job_id": resp.job_id, "worker_id": worker.id, "available": resp.available},
-            )
+            self._registry.late_answer(worker)
+            log.info("late availability answer ignored", extra=self._ids(resp.job_id, worker))
             if resp.available:
-                await worker.send(agent.ServerMessage(termination=agent.JobTermination(job_id=resp.job_id)))
+                worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=resp.job_id)))
+            self.worker_available(worker)
             return
-        # an accept re-ranks the worker once, in _assign (offer cleared and job added together)
-        self._clear_offer(pj, worker, rerank=not resp.available)
+        self._clear_offer(pj)
         if resp.available:
+            self._registry.offer_accepted(worker, pj.job.id)
             await self._assign(pj, worker, resp)
-        elif resp.terminate:
+            return
+        self._registry.offer_declined(worker, pj.job.id)
+        self._emit(K.DECLINED, pj.job, worker.id, "terminate" if resp.terminate else "")
+        if resp.terminate:
             await self._finish_pending(
-                pj, JS_FAILED, f"worker {worker.id} refused the job and asked to terminate it"
+                pj, JS_FAILED, f"worker {worker.id} refused the job and asked to end it"
             )
         else:
-            await self._place(pj)
+            self._place(pj)
 
     async def _assign(self, pj: PendingJob, worker: WorkerSession, resp: agent.AvailabilityResponse) -> None:
         job = pj.job
@@ -235,84 +283,94 @@ class Dispatcher:
         state.started_at = now_ns
         state.updated_at = now_ns
         state.reason = JSR_UNSPECIFIED
+        self._owners[job.id] = Owner(worker.api_key, reg.worker_keys()[0])
         await self._store.update_job(job)
-        worker.active_jobs.add(job.id)
-        worker.load.since_report += 1
-        self._registry.refresh(worker)
-        self._emit(job)
-        sent = await worker.send(
-            agent.ServerMessage(
-                assignment=agent.JobAssignment(job=job, url=self._config.public_url, token=token)
-            )
+        self._emit(K.ASSIGNED, job, worker.id)
+        msg = agent.ServerMessage(
+            assignment=agent.JobAssignment(job=job, url=self._config.public_url, token=token)
         )
-        if not sent:
-            log.warning("assignment not delivered", extra={"job_id": job.id, "worker_id": worker.id})
+        if not worker.post(msg):
+            log.warning("assignment not delivered; the worker is gone", extra=self._ids(job.id, worker))
 
     async def on_job_update(self, worker: WorkerSession, update: agent.UpdateJobStatus) -> None:
         job = await self._store.get_job(update.job_id)
         if job is None or job.state.worker_id != worker.id or job.state.status in ENDED:
             log.info(
-                "job update ignored",
-                extra={"job_id": update.job_id, "worker_id": worker.id, "status": update.status},
+                "job update ignored", extra={**self._ids(update.job_id, worker), "status": update.status}
             )
             return
         if update.status == JS_RUNNING:
             job.state.status = JS_RUNNING
             job.state.updated_at = self._clock.wall_ns()
             await self._store.update_job(job)
-            self._emit(job)
+            self._emit(K.RUNNING, job, worker.id)
             return
         if update.status not in ENDED:
             return
-        worker.active_jobs.discard(job.id)
-        self._registry.refresh(worker)
+        self._registry.job_ended(worker, job.id)
         if update.status == JS_FAILED:
-            await self.restart_or_fail(job, update.error or "job failed", worker.id)
+            error = update.error or "job failed"
+            await self.restart_or_fail(job, error, worker.id, cause_of(error))
         else:
-            self._set_ended(job, update.status, update.error, 0)
-            await self._store.update_job(job)
-            self._emit(job)
-        await self.worker_available(worker)
+            await self._end_now(job, update.status, update.error, 0)
+        self.worker_available(worker)
 
-    async def restart_or_fail(self, job: agent.Job, error: str, failed_worker_id: str) -> None:
-        """A running job failed or lost its worker: offer it again (resuming) or end it FAILED.
-
-        Restarts follow the dispatch's restart policy and are bounded by `max_restarts`, so a job that
-        crashes every worker ends FAILED with its last error instead of looping.
-        """
+    async def restart_or_fail(self, job: agent.Job, error: str, failed_worker_id: str, cause: Cause) -> None:
+        """A running job failed or lost its worker: run it again (resuming) or end it FAILED."""
         dispatch = await self._store.get_dispatch(job.dispatch_id)
         restarts = self._restarts.get(job.id, 0)
-        never = (
-            dispatch is None
-            or dispatch.restart_policy == JRP_NEVER
-            or bool(dispatch.state.deleted_at)
+        facts = RestartFacts(
+            cause=cause,
+            policy_allows=dispatch is not None
+            and dispatch.restart_policy != JRP_NEVER
+            and not dispatch.state.deleted_at,
+            restarts_done=restarts,
+            max_restarts=self._config.max_restarts,
+            audience=await self._audience(job.room.name),
+            shutting_down=self.shutting_down,
         )
-        if never or restarts >= self._config.max_restarts:
-            suffix = f" (after {restarts} restarts)" if restarts else ""
-            await self._end_now(job, JS_FAILED, error + suffix, 0)
+        refusal = restart_refusal(facts)
+        if refusal is not None:
+            await self._end_now(job, JS_FAILED, _final_error(error, refusal), 0)
             return
         self._restarts[job.id] = restarts + 1
-        job.state.error = f"restart {restarts + 1}/{self._config.max_restarts}: {error}"
+        job.state.error = f"restart {restarts + 1}/{self._config.max_restarts} after: {error}"
         job.state.reason = JSR_RETRYING
         job.state.worker_id = ""
-        log.warning("restarting job", extra={"job_id": job.id, "worker_id": failed_worker_id, "error": error})
+        self._owners.pop(job.id, None)
         try:
-            pj = await self._admit(job, None, resuming=True)
-        except TwirpError:
-            await self._end_now(job, JS_FAILED, f"{error}; restart refused: queue full", 0)
+            pj = await self._admit(job, None, resuming=True, new=False)
+        except TwirpError as exc:
+            await self._end_now(job, JS_FAILED, f"{error} (not restarted: {exc.msg})", 0)
             return
         pj.tried.add(failed_worker_id)
-        await self._place(pj)
+        self._place(pj)
 
     async def _end_now(self, job: agent.Job, status: int, error: str, reason: int) -> None:
         self._set_ended(job, status, error, reason)
         await self._store.update_job(job)
-        self._emit(job)
+        self._emit(K.ENDED, job, job.state.worker_id, error)
 
-    # -- capacity events ----------------------------------------------------------------------
-    async def worker_available(self, worker: WorkerSession) -> None:
-        """A worker registered, reported AVAILABLE, or freed a slot: serve waiting jobs."""
-        if not worker.eligible or not self._queues:
+    # -- workers ------------------------------------------------------------------------------------
+    def _emit_worker(self, kind: WorkerEventKind, worker: WorkerSession, detail: str = "") -> None:
+        summary = self._registry.summary(worker)
+        self.events.emit(WorkerEvent(kind, summary, detail, self._clock.monotonic()))
+
+    def worker_registered(self, worker: WorkerSession) -> None:
+        self._registry.add(worker)
+        self._emit_worker(WorkerEventKind.REGISTERED, worker)
+        self.worker_available(worker)
+
+    def worker_status(self, worker: WorkerSession, update: agent.UpdateWorkerStatus) -> None:
+        before = (worker.status, worker.draining, round(worker.load.reported, 2))
+        self._registry.status_reported(worker, update)
+        if (worker.status, worker.draining, round(worker.load.reported, 2)) != before:
+            self._emit_worker(WorkerEventKind.STATUS, worker)
+        self.worker_available(worker)
+
+    def worker_available(self, worker: WorkerSession) -> None:
+        """A worker registered, reported, answered or freed a slot: serve waiting jobs, while it has room."""
+        if not self._queues or not self._registry.is_eligible(worker):
             return
         for key in worker.registration.worker_keys():
             queue = self._queues.get(key)
@@ -323,23 +381,147 @@ class Dispatcher:
                 if candidate is None:
                     break
                 del queue[job_id]
-                await self._offer(pj, candidate)
+                self._offer(pj, candidate)
             if queue is not None and not queue:
                 self._queues.pop(key, None)
 
-    async def worker_gone(self, worker: WorkerSession) -> list[str]:
-        """The connection ended: void its offers. Returns the ids of jobs it was running."""
+    def worker_gone(self, worker: WorkerSession) -> None:
+        """The connection ended: its offers go elsewhere; its running jobs wait the reconnect grace."""
         self._registry.remove(worker)
-        for job_id in list(worker.offers):
+        timer = self._backoff_timers.pop(worker.id, None)
+        if timer is not None:
+            timer.cancel()
+        for job_id in list(worker.load.offers):
             pj = self._pending.get(job_id)
             if pj is not None and pj.offered_to is worker:
-                await self._withdraw_offer(pj, worker)
-        worker.offers.clear()
-        return list(worker.active_jobs)
+                self._clear_offer(pj)
+                self._retry(pj)
+        running = list(worker.load.jobs)
+        log.info(
+            "worker disconnected",
+            extra={"worker_id": worker.id, "running_jobs": len(running), "reason": worker.close_reason},
+        )
+        self._emit_worker(WorkerEventKind.DISCONNECTED, worker, worker.close_reason)
+        if self.shutting_down:
+            return  # the jobs keep running; their workers reconnect to the next server and migrate them
+        loop = asyncio.get_running_loop()
+        for job_id in running:
+            self._orphans[job_id] = loop.call_later(
+                self._config.reconnect_grace, self._orphan_expired_cb, job_id, worker.id
+            )
+            self._tasks.spawn(self._emit_orphaned(job_id, worker.id), f"orphaned:{job_id}")
 
-    # -- endings -------------------------------------------------------------------------------
+    async def _emit_orphaned(self, job_id: str, worker_id: str) -> None:
+        job = await self._store.get_job(job_id)
+        if job is not None:
+            self._emit(K.ORPHANED, job, worker_id, f"reconnect grace {self._config.reconnect_grace:g}s")
+
+    def _orphan_expired_cb(self, job_id: str, worker_id: str) -> None:
+        self._orphans.pop(job_id, None)
+        self._tasks.spawn(self._orphan_expired(job_id, worker_id), f"orphan:{job_id}")
+
+    async def _orphan_expired(self, job_id: str, worker_id: str) -> None:
+        job = await self._store.get_job(job_id)
+        if job is None or job.state.status in ENDED or job.state.worker_id != worker_id:
+            return
+        grace = f"worker lost (no reconnect within {self._config.reconnect_grace:g}s)"
+        await self.restart_or_fail(job, grace, worker_id, Cause.LOST)
+
+    def offer_backoff(self, worker: WorkerSession, seconds: float) -> None:
+        old = self._backoff_timers.pop(worker.id, None)
+        if old is not None:
+            old.cancel()
+        self._backoff_timers[worker.id] = asyncio.get_running_loop().call_later(
+            seconds, self._backoff_over, worker.id
+        )
+
+    def _backoff_over(self, worker_id: str) -> None:
+        self._backoff_timers.pop(worker_id, None)
+        worker = self._registry.get(worker_id)
+        if worker is not None:
+            self._registry.backoff_over(worker)
+            self.worker_available(worker)
+
+    # -- migration ----------------------------------------------------------------------------------
+    async def migrate(self, worker: WorkerSession, req: agent.MigrateJobRequest) -> None:
+        """A (re)connected worker reports jobs it still runs: keep them with it, never run one twice.
+
+        Accepted only from the worker that may hold the job: same API key and same worker key
+        (agent name, namespace, job type, deployment) as the worker it was assigned to. A job this
+        server does not know (it restarted) is adopted from `req.jobs` when its key matches the
+        worker's registration. Anything else is answered with JobTermination; the job is untouched.
+        """
+        described = {j.id: j for j in req.jobs}
+        for job_id in dict.fromkeys([*req.job_ids, *described]):
+            job = await self._store.get_job(job_id)
+            if job is None:
+                job = await self._adopt(worker, described.get(job_id))
+            refusal = self._migrate_refusal(worker, job)
+            if refusal is not None or job is None:
+                log.warning("migrate refused", extra={**self._ids(job_id, worker), "reason": refusal})
+                worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
+                continue
+            await self._keep_with(worker, job)
+
+    def _migrate_refusal(self, worker: WorkerSession, job: agent.Job | None) -> str | None:
+        if job is None:
+            return "unknown job"
+        if job.state.status in ENDED:
+            return "job already ended"
+        if not _key_matches(worker, job):
+            return "job belongs to another agent name / job type / deployment"
+        owner = self._owners.get(job.id)
+        if owner is not None and owner.api_key != worker.api_key:
+            return "job was assigned to a worker of another API key"
+        holder = self._registry.get(job.state.worker_id)
+        if holder is not None and holder is not worker and holder.is_open:
+            return f"job runs on connected worker {holder.id}"
+        return None
+
+    async def _adopt(self, worker: WorkerSession, job: agent.Job | None) -> agent.Job | None:
+        """Take in a running job this server has no record of (it restarted with an empty store)."""
+        if job is None or not job.id or not _key_matches(worker, job):
+            return None
+        dispatch = agent_dispatch.AgentDispatch(
+            id=job.dispatch_id or f"AD_adopted_{job.id}",
+            agent_name=job.agent_name,
+            room=job.room.name,
+            metadata=job.metadata,
+            deployment=job.deployment,
+            state=agent_dispatch.AgentDispatchState(created_at=self._clock.wall_ns()),
+        )
+        job.dispatch_id = dispatch.id
+        await self._store.create_room(job.room)
+        if await self._store.get_dispatch(dispatch.id) is None:
+            await self._store.add_dispatch(dispatch)
+        job.state.status = JS_RUNNING
+        job.state.worker_id = worker.id
+        await self._store.add_job(job)
+        log.info("adopted a running job reported by a worker", extra=self._ids(job.id, worker))
+        return job
+
+    async def _keep_with(self, worker: WorkerSession, job: agent.Job) -> None:
+        pj = self._pending.get(job.id)
+        if pj is not None:
+            if pj.offered_to is not None:
+                self._registry.offer_voided(pj.offered_to, job.id)
+            self._clear_offer(pj)
+            self._forget_pending(pj)
+        timer = self._orphans.pop(job.id, None)
+        if timer is not None:
+            timer.cancel()
+        job.state.worker_id = worker.id
+        job.state.status = JS_RUNNING
+        job.state.reason = JSR_UNSPECIFIED
+        job.state.updated_at = self._clock.wall_ns()
+        self._owners[job.id] = Owner(worker.api_key, worker.registration.worker_keys()[0])
+        await self._store.update_job(job)
+        self._registry.job_adopted(worker, job.id)
+        self._emit(K.MIGRATED, job, worker.id)
+
+    # -- endings --------------------------------------------------------------------------------------
     async def end_job(self, job_id: str, status: int, error: str, reason: int = 0) -> agent.Job | None:
-        """End a job from the server side (termination, deletion, lost worker). Idempotent."""
+        """End a job from the server side (termination, deletion, room closed). Idempotent."""
         pj = self._pending.get(job_id)
         if pj is not None:
             await self._finish_pending(pj, status, error, reason)
@@ -347,16 +529,19 @@ class Dispatcher:
         job = await self._store.get_job(job_id)
         if job is None or job.state.status in ENDED:
             return job
+        timer = self._orphans.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
         worker = self._registry.get(job.state.worker_id)
-        if worker is not None and job_id in worker.active_jobs:
-            worker.active_jobs.discard(job_id)
-            await worker.send(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
-            self._registry.refresh(worker)
+        if worker is not None and job_id in worker.load.jobs:
+            worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
+            self._registry.job_ended(worker, job_id)
         await self._end_now(job, status, error, reason)
         return job
 
     def _set_ended(self, job: agent.Job, status: int, error: str, reason: int) -> None:
         self._restarts.pop(job.id, None)
+        self._owners.pop(job.id, None)
         now_ns = self._clock.wall_ns()
         job.state.status = status  # type: ignore[assignment]
         job.state.error = error
@@ -366,15 +551,14 @@ class Dispatcher:
 
     async def _finish_pending(self, pj: PendingJob, status: int, error: str, reason: int = 0) -> None:
         if pj.offered_to is not None:
-            self._clear_offer(pj, pj.offered_to)
+            self._registry.offer_voided(pj.offered_to, pj.job.id)
+        self._clear_offer(pj)
         self._forget_pending(pj)
-        self._set_ended(pj.job, status, error, reason)
-        log.info("job ended before assignment", extra={"job_id": pj.job.id, "error": error})
-        await self._store.update_job(pj.job)
-        self._emit(pj.job)
+        await self._end_now(pj.job, status, error, reason)
 
     def _forget_pending(self, pj: PendingJob) -> None:
-        self._pending.pop(pj.job.id, None)
+        if self._pending.pop(pj.job.id, None) is not None:
+            self._pending_bytes -= pj.size
         queue = self._queues.get(pj.key)
         if queue is not None:
             queue.pop(pj.job.id, None)
@@ -385,24 +569,32 @@ class Dispatcher:
             pj.deadline_timer = None
 
     async def _fail_no_capacity(self, pj: PendingJob) -> None:
-        dep = pj.key[3]
-        where = f"agent_name={pj.job.agent_name!r}" + (
-            "" if dep == ANY_DEPLOYMENT else f" deployment={dep!r}"
-        )
+        name, _, _, dep = pj.key
+        where = f"agent_name={name!r}" + ("" if dep == ANY_DEPLOYMENT else f" deployment={dep!r}")
+        names = ", ".join(repr(n) for n in self._registry.agent_names()) or "none"
         await self._finish_pending(
             pj,
             JS_FAILED,
-            f"no worker available within {self._config.dispatch_deadline:g}s ({where})",
+            f"no worker available within {pj.wait:g}s ({where}; registered agent names: {names})",
             JSR_NO_CAPACITY,
         )
 
-    # -- timers (sync callbacks that hand off to tracked tasks) --------------------------------
+    # -- timers (sync callbacks) -------------------------------------------------------------------
     def _on_offer_timer(self, job_id: str, worker_id: str) -> None:
         pj = self._pending.get(job_id)
         if pj is None or pj.offered_to is None or pj.offered_to.id != worker_id:
             return
-        log.info("offer timed out", extra={"job_id": job_id, "worker_id": worker_id})
-        self._tasks.spawn(self._withdraw_offer(pj, pj.offered_to), f"offer-timeout:{job_id}")
+        worker = pj.offered_to
+        self._clear_offer(pj)
+        backoff = self._registry.offer_timed_out(worker, job_id)
+        self.offer_backoff(worker, backoff)
+        self._emit_worker(WorkerEventKind.UNRESPONSIVE, worker, f"offer {job_id} not answered")
+        self._emit(K.OFFER_TIMEOUT, pj.job, worker_id, f"no offers to it for {backoff:g}s")
+        log.warning(
+            "offer not answered in time; worker skipped while it backs off",
+            extra={**self._ids(job_id, worker), "backoff_s": backoff},
+        )
+        self._retry(pj)
 
     def _on_deadline_timer(self, job_id: str) -> None:
         pj = self._pending.get(job_id)
@@ -413,9 +605,36 @@ class Dispatcher:
         if pj.offered_to is None:
             self._tasks.spawn(self._fail_no_capacity(pj), f"deadline:{job_id}")
 
+    @staticmethod
+    def _ids(job_id: str, worker: WorkerSession) -> dict[str, str]:
+        return {"job_id": job_id, "worker_id": worker.id}
+
     async def aclose(self) -> None:
+        self.shutting_down = True
         for pj in list(self._pending.values()):
-            for timer in (pj.offer_timer, pj.deadline_timer):
-                if timer is not None:
-                    timer.cancel()
+            self._clear_offer(pj)
+            if pj.deadline_timer is not None:
+                pj.deadline_timer.cancel()
+        for timer in [*self._orphans.values(), *self._backoff_timers.values()]:
+            timer.cancel()
+        self._orphans.clear()
+        self._backoff_timers.clear()
         await self._tasks.aclose()
+
+
+def _final_error(error: str, refusal: str) -> str:
+    if refusal in ("restart policy: never", "server shutting down"):
+        return error
+    if refusal.startswith("after "):
+        return f"{error} ({refusal})"
+    return f"{error} (not restarted: {refusal})"
+
+
+def _key_matches(worker: WorkerSession, job: agent.Job) -> bool:
+    reg = worker.registration
+    return (
+        job.agent_name == reg.agent_name
+        and job.namespace == reg.namespace
+        and job.type == reg.job_type
+        and (not job.deployment or job.deployment == reg.deployment)
+    )

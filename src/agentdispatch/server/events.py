@@ -61,6 +61,7 @@ class RoomEvent:
     room: models.Room
     participant: models.ParticipantInfo | None = None
     at: float = 0.0
+    detail: str = ""  # why a room finished
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Pure worker selection: no I/O, no clock. Given workers' projected loads, pick one.
+"""The load index: candidates for one worker key ordered by projected load (pure: no I/O, no clock).
 
 A worker's *projected* load is its last reported load plus, for every job offered or assigned
 to it since that report, a per-job estimate. The best candidate has the lowest projection;
@@ -11,20 +11,6 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-
-
-@dataclass
-class LoadState:
-    """The numbers that make a worker's projection."""
-
-    reported: float = 0.0
-    since_report: int = 0
-    pending_offers: int = 0
-    available: bool = True
-
-    def projected(self, per_job_load: float) -> float:
-        return self.reported + (self.since_report + self.pending_offers) * per_job_load
 
 
 class LoadIndex:

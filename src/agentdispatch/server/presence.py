@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,15 +19,16 @@ from google.protobuf import json_format
 from livekit import api
 from livekit.protocol import models
 
-from ..protocol import AuthError, TwirpError, bearer_token, new_id
-from .rooms import DispatchSpec, RoomSpec
-
-if TYPE_CHECKING:
-    from .app import DispatchServer
+from ..protocol import AuthError, KeyRing, TwirpError, bearer_token, new_id
+from .events import Event, RoomEvent, RoomEventKind
+from .rooms import DispatchSpec, RoomManager, RoomSpec
 
 log = logging.getLogger("agentdispatch.server.presence")
 
+#: largest data message relayed; a larger one gets an `error` (code too_large) and the socket stays open
 MAX_PRESENCE_FRAME = 256 * 1024
+#: frames above this are not even read into memory: `error` too_large, then the socket is closed (1009)
+HARD_FRAME_LIMIT = 4 * 1024 * 1024
 OUTBOX_LIMIT = 1024
 
 
@@ -37,21 +38,38 @@ def to_dict(msg: Any) -> dict[str, Any]:
 
 
 class Connection:
-    def __init__(self, ws: web.WebSocketResponse, room: str, participant: models.ParticipantInfo) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        room: str,
+        participant: models.ParticipantInfo,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
         self.room = room
         self.participant = participant
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self.transport = transport
+        # one slot beyond the limit is kept for the closing marker, so close_soon always gets in
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT + 1)
+        self.closing = False
 
     def post(self, event: dict[str, Any]) -> None:
-        try:
-            self.outbox.put_nowait(event)
-        except asyncio.QueueFull:
-            log.warning("presence outbox full, dropping connection", extra={"room": self.room})
-            self.close_soon()
+        if self.closing:
+            return
+        if self.outbox.qsize() >= OUTBOX_LIMIT:
+            log.warning(
+                "presence client not reading, dropping it",
+                extra={"room": self.room, "identity": self.participant.identity},
+            )
+            self.closing = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.outbox.put_nowait(event)
 
     def close_soon(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
+        if not self.closing:
+            self.closing = True
             self.outbox.put_nowait(None)
 
     async def writer(self) -> None:
@@ -91,13 +109,39 @@ def room_spec_from_claims(room_name: str, claims: api.access_token.Claims) -> Ro
 
 
 class PresenceHub:
-    """Tracks presence connections per room and relays events to them (a RoomObserver)."""
+    """Tracks presence connections per room and relays room events to them (an EventBus listener)."""
 
-    def __init__(self, server: DispatchServer) -> None:
-        self._server = server
+    def __init__(self, keys: KeyRing, rooms: RoomManager) -> None:
+        self._keys = keys
+        self._room_manager = rooms
         self._rooms: dict[str, dict[str, Connection]] = {}
+        self._writers: set[asyncio.Task[None]] = set()
+        self._closing = False
 
-    # RoomObserver --------------------------------------------------------------------------------
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, RoomEvent):
+            return
+        name = event.room.name
+        if event.kind is RoomEventKind.ROOM_FINISHED:
+            self.room_closed(name, event.detail)
+        elif event.participant is None:
+            return
+        elif event.kind is RoomEventKind.PARTICIPANT_JOINED:
+            self.participant_joined(name, event.participant)
+        elif event.kind is RoomEventKind.PARTICIPANT_LEFT:
+            self.participant_left(name, event.participant)
+
+    async def close_all(self, reason: str, timeout: float) -> None:
+        """Shutdown: every participant gets `room_closed` and a close frame, within `timeout`."""
+        self._closing = True
+        for room in list(self._rooms):
+            self.room_closed(room, reason)
+        writers = list(self._writers)
+        if writers:
+            _, late = await asyncio.wait(writers, timeout=timeout)
+            for task in late:
+                task.cancel()
+
     def participant_joined(self, room: str, participant: models.ParticipantInfo) -> None:
         self._broadcast(
             room, {"type": "participant_joined", "participant": to_dict(participant)}, participant.identity
@@ -120,12 +164,15 @@ class PresenceHub:
 
     # endpoint ------------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_PRESENCE_FRAME, heartbeat=30.0)
+        ws = web.WebSocketResponse(max_msg_size=HARD_FRAME_LIMIT, heartbeat=30.0)
         if not ws.can_prepare(request).ok:
             raise web.HTTPNotFound(text="/presence accepts WebSocket upgrades only")
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="server shutting down")
         try:
-            claims = self._server.keys.verify(bearer_token(request.headers, request.query))
+            claims = self._keys.verify(bearer_token(request.headers, request.query))
         except AuthError as exc:
+            log.warning("presence auth failed", extra={"remote": request.remote or "?", "reason": str(exc)})
             raise web.HTTPUnauthorized(text=str(exc)) from None
         video = claims.video
         if video is None or not video.room_join or not video.room:
@@ -136,14 +183,14 @@ class PresenceHub:
         participant = participant_from_claims(claims)
         await ws.prepare(request)
         try:
-            room = await self._server.rooms.join(
+            room = await self._room_manager.join(
                 room_name, participant, room_spec_from_claims(room_name, claims)
             )
         except TwirpError as exc:
             await ws.send_str(json.dumps({"type": "error", "code": exc.code, "msg": exc.msg}))
             await ws.close()
             return ws
-        conn = Connection(ws, room_name, participant)
+        conn = Connection(ws, room_name, participant, request.transport)
         members = self._rooms.setdefault(room_name, {})
         old = members.pop(participant.identity, None)
         if old is not None:
@@ -152,7 +199,7 @@ class PresenceHub:
         members[participant.identity] = conn
         others = [
             to_dict(p)
-            for p in await self._server.rooms.participants(room_name)
+            for p in await self._room_manager.participants(room_name)
             if p.identity != claims.identity
         ]
         conn.post(
@@ -166,6 +213,8 @@ class PresenceHub:
         writer = asyncio.get_running_loop().create_task(
             conn.writer(), name=f"presence-writer:{participant.sid}"
         )
+        self._writers.add(writer)
+        writer.add_done_callback(self._writers.discard)
         try:
             await self._read(conn)
         finally:
@@ -173,7 +222,7 @@ class PresenceHub:
                 del self._rooms[room_name][participant.identity]
                 if not self._rooms[room_name]:
                     del self._rooms[room_name]
-                await self._server.rooms.leave(room_name, participant.identity)
+                await self._room_manager.leave(room_name, participant.identity)
             conn.close_soon()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
                 await asyncio.wait_for(writer, 5)
@@ -183,8 +232,20 @@ class PresenceHub:
 
     async def _read(self, conn: Connection) -> None:
         async for frame in conn.ws:
+            if frame.type == aiohttp.WSMsgType.ERROR:
+                await self._too_large(conn)
+                return
             if frame.type != aiohttp.WSMsgType.TEXT:
                 conn.post({"type": "error", "code": "malformed", "msg": "send JSON text frames"})
+                continue
+            if len(frame.data) > MAX_PRESENCE_FRAME:
+                conn.post(
+                    {
+                        "type": "error",
+                        "code": "too_large",
+                        "msg": f"message of {len(frame.data)} bytes dropped (limit {MAX_PRESENCE_FRAME})",
+                    }
+                )
                 continue
             try:
                 event = json.loads(frame.data)
@@ -195,11 +256,21 @@ class PresenceHub:
             if kind == "data":
                 self._relay(conn, event)
             elif kind == "publish":
-                await self._server.rooms.publish(conn.room, conn.participant.identity)
+                await self._room_manager.publish(conn.room, conn.participant.identity)
             elif kind == "leave":
                 return
             else:
                 conn.post({"type": "error", "code": "malformed", "msg": f"unknown message type {kind!r}"})
+
+    async def _too_large(self, conn: Connection) -> None:
+        """A frame over the hard limit broke the stream: say why in an `error`, then close (1009)."""
+        msg = {"type": "error", "code": "too_large", "msg": f"frame over {HARD_FRAME_LIMIT} bytes; closing"}
+        with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
+            await asyncio.wait_for(conn.ws.send_str(json.dumps(msg)), 2.0)
+        log.info(
+            "presence frame over the hard limit",
+            extra={"room": conn.room, "identity": conn.participant.identity},
+        )
 
     def _relay(self, conn: Connection, event: dict[str, Any]) -> None:
         payload = event.get("payload", "")

@@ -1,18 +1,52 @@
-"""Registered workers, indexed by the key jobs are matched on."""
+"""Registered workers and their load bookkeeping: the one owner of every worker's projection.
+
+Callers say what happened (`offer_made`, `offer_accepted`, `job_ended`, `status_reported`, ...);
+the registry updates the numbers and re-ranks the worker in its index in the same step, so no
+caller can change a count and forget the index. docs/server.md "Selection" states the rule.
+"""
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 
-from .scheduler import LoadIndex
-from .session import WorkerKey, WorkerSession
+from livekit.protocol import agent
+
+from ..protocol import sanitize_load
+from ..util import SYSTEM_CLOCK, Clock
+from .events import WorkerSummary
+from .load_index import LoadIndex
+from .load_state import LoadState
+from .session import WS_AVAILABLE, WS_FULL, WorkerKey, WorkerSession
+
+#: a worker whose projection reaches this is treated as full until it reports again or a job ends
+FULL_PROJECTION = 1.0
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    per_job_load: float = 0.1
+    #: first backoff after an unanswered offer (doubles per further timeout)
+    offer_timeout: float = 5.0
+    max_backoff: float = 60.0
+    #: a worker that reports status and then falls silent this long is not AVAILABLE (0 = off)
+    status_stale_after: float = 15.0
 
 
 class WorkerRegistry:
-    def __init__(self, per_job_load: float, rng: random.Random | None = None) -> None:
-        self._per_job_load = per_job_load
+    def __init__(
+        self,
+        rules: SelectionRules,
+        clock: Clock = SYSTEM_CLOCK,
+        rng: random.Random | None = None,
+        node_id: str = "",
+    ) -> None:
+        self._rules = rules
+        self._clock = clock
         self._rng = rng or random.Random()
+        self._node_id = node_id
         self._workers: dict[str, WorkerSession] = {}
         self._index: dict[WorkerKey, LoadIndex] = {}
 
@@ -25,11 +59,12 @@ class WorkerRegistry:
     def get(self, worker_id: str) -> WorkerSession | None:
         return self._workers.get(worker_id)
 
+    # -- membership ----------------------------------------------------------------------------
     def add(self, session: WorkerSession) -> None:
         self._workers[session.id] = session
         for key in session.registration.worker_keys():
             self._index.setdefault(key, LoadIndex(self._rng))
-        self.refresh(session)
+        self._rerank(session)
 
     def remove(self, session: WorkerSession) -> None:
         if self._workers.pop(session.id, None) is None:
@@ -41,26 +76,164 @@ class WorkerRegistry:
                 if not len(index):
                     del self._index[key]
 
-    def refresh(self, session: WorkerSession) -> None:
-        """Re-rank a worker after its load, offers, or status changed."""
-        if session.id not in self._workers:
+    # -- what happened (each re-ranks once) ----------------------------------------------------
+    def status_reported(self, session: WorkerSession, update: agent.UpdateWorkerStatus) -> None:
+        """Apply an UpdateWorkerStatus, load sanitised (docs/server.md "Load")."""
+        load = session.load
+        if update.HasField("status"):
+            session.status = update.status
+        session.draining = update.draining
+        status_only = update.load == 0.0 and (
+            session.draining or (update.HasField("status") and update.status == WS_FULL)
+        )
+        if not status_only:
+            load.reported = sanitize_load(update.load)
+        load.since_report.clear()
+        load.last_status_at = self._clock.monotonic()
+        if session.status == WS_AVAILABLE and not session.draining:
+            load.credit = None  # the worker says it has room again: trust its report
+        self._rerank(session)
+
+    def offer_made(self, session: WorkerSession, job_id: str) -> None:
+        load = session.load
+        load.offers.add(job_id)
+        if load.credit is not None:
+            load.credit = max(0, load.credit - 1)
+        self._rerank(session)
+
+    def offer_accepted(self, session: WorkerSession, job_id: str) -> None:
+        load = session.load
+        load.offers.discard(job_id)
+        load.jobs.add(job_id)
+        load.since_report.add(job_id)
+        self._answered(load)
+        self._rerank(session)
+
+    def offer_declined(self, session: WorkerSession, job_id: str) -> None:
+        """A refusal says the worker is (near) full: no more offers until a capacity signal."""
+        load = session.load
+        load.offers.discard(job_id)
+        load.credit = 0
+        self._answered(load)
+        self._rerank(session)
+
+    def offer_timed_out(self, session: WorkerSession, job_id: str) -> float:
+        """An unanswered offer counts against the worker; returns the backoff it now serves."""
+        load = session.load
+        load.offers.discard(job_id)
+        load.timeouts += 1
+        backoff = min(self._rules.max_backoff, self._rules.offer_timeout * 2.0 ** (load.timeouts - 1))
+        load.backoff_until = self._clock.monotonic() + backoff
+        self._rerank(session)
+        return backoff
+
+    def late_answer(self, session: WorkerSession) -> None:
+        """The worker answered after its offer timed out: it is alive, clear its backoff."""
+        self._answered(session.load)
+        self._rerank(session)
+
+    def offer_voided(self, session: WorkerSession, job_id: str) -> None:
+        """An offer ended without an answer that says anything (job ended, send failed)."""
+        if job_id in session.load.offers:
+            session.load.offers.discard(job_id)
+            self._rerank(session)
+
+    def job_adopted(self, session: WorkerSession, job_id: str) -> None:
+        session.load.jobs.add(job_id)
+        self._rerank(session)
+
+    def job_ended(self, session: WorkerSession, job_id: str) -> None:
+        """A job of this worker ended: its slot is free, which is worth one offer after a refusal."""
+        load = session.load
+        if job_id not in load.jobs:
             return
-        projected = session.load.projected(self._per_job_load)
-        eligible = session.eligible
-        for key in session.registration.worker_keys():
-            self._index[key].update(session.id, projected, eligible)
+        load.jobs.discard(job_id)
+        load.since_report.discard(job_id)
+        if load.credit is not None:
+            load.credit += 1
+        self._rerank(session)
+
+    def backoff_over(self, session: WorkerSession) -> None:
+        self._rerank(session)
+
+    @staticmethod
+    def _answered(load: LoadState) -> None:
+        load.timeouts = 0
+        load.backoff_until = 0.0
+
+    # -- reading -------------------------------------------------------------------------------
+    def projected(self, session: WorkerSession) -> float:
+        return session.load.projected(self._rules.per_job_load)
+
+    def is_eligible(self, session: WorkerSession) -> bool:
+        """May be offered a job now (docs/server.md "Selection")."""
+        return self._static_eligible(session) and self._fresh(session)
+
+    def _static_eligible(self, session: WorkerSession) -> bool:
+        load = session.load
+        return (
+            session.is_open
+            and session.status == WS_AVAILABLE
+            and not session.draining
+            and load.credit != 0
+            and self.projected(session) < FULL_PROJECTION
+        )
+
+    def _fresh(self, session: WorkerSession) -> bool:
+        load = session.load
+        now = self._clock.monotonic()
+        if load.backoff_until > now:
+            return False
+        stale = self._rules.status_stale_after
+        return not (stale > 0 and load.last_status_at is not None and now - load.last_status_at > stale)
+
+    def unresponsive(self, session: WorkerSession) -> bool:
+        return session.load.backoff_until > self._clock.monotonic()
 
     def best(self, key: WorkerKey, exclude: Collection[str] = ()) -> WorkerSession | None:
         index = self._index.get(key)
         if index is None:
             return None
-        worker_id = index.best(exclude)
+        accept: Callable[[str], bool] = lambda wid: self._fresh(self._workers[wid])  # noqa: E731
+        worker_id = index.best(exclude, accept)
         return None if worker_id is None else self._workers[worker_id]
-
-    def has_key(self, key: WorkerKey) -> bool:
-        return key in self._index
 
     def job_types(self, agent_name: str, namespace: str, deployment: str) -> set[int]:
         """Job types for which a worker with this name is registered (any status)."""
         dep = deployment or "*"
         return {k[2] for k in self._index if k[0] == agent_name and k[1] == namespace and k[3] == dep}
+
+    def agent_names(self) -> list[str]:
+        """Agent names registered on this node (for error messages), sorted."""
+        return sorted({k[0] for k in self._index})
+
+    def summary(self, session: WorkerSession) -> WorkerSummary:
+        reg = session.registration
+        load = session.load
+        return WorkerSummary(
+            worker_id=session.id,
+            agent_name=reg.agent_name,
+            namespace=reg.namespace,
+            job_type=reg.job_type,
+            deployment=reg.deployment,
+            version=reg.version,
+            status=session.status,
+            load=load.reported,
+            projected_load=round(self.projected(session), 4),
+            draining=session.draining,
+            active_jobs=len(load.jobs),
+            pending_offers=len(load.offers),
+            unresponsive=self.unresponsive(session),
+            node_id=self._node_id,
+            connected_at_ns=session.connected_at_ns,
+        )
+
+    def _rerank(self, session: WorkerSession) -> None:
+        if session.id not in self._workers:
+            return
+        projected = self.projected(session)
+        eligible = self._static_eligible(session)
+        if math.isnan(projected):  # cannot happen after sanitising; never let it into the heap
+            projected, eligible = FULL_PROJECTION, False
+        for key in session.registration.worker_keys():
+            self._index[key].update(session.id, projected, eligible)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from livekit.protocol import agent, agent_dispatch, models
 
 from ..protocol import TwirpError, new_id
 from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .config import ServerConfig
-from .dispatcher import Dispatcher
+from .dispatcher import ENDED, Dispatcher
+from .events import Event, EventBus, RoomEvent, RoomEventKind, WorkerEvent, WorkerEventKind
 from .registry import WorkerRegistry
-from .session import WorkerSession
+from .restarts import RoomAudience
+from .session import MAX_NAME_BYTES
 from .store import Store
 
 log = logging.getLogger("agentdispatch.server.rooms")
@@ -24,16 +26,6 @@ JT_ROOM = agent.JobType.JT_ROOM
 JT_PUBLISHER = agent.JobType.JT_PUBLISHER
 JT_PARTICIPANT = agent.JobType.JT_PARTICIPANT
 AGENT_KIND = models.ParticipantInfo.Kind.AGENT
-
-
-class RoomObserver(Protocol):
-    """Told about participant and room events (the presence endpoint relays them)."""
-
-    def participant_joined(self, room: str, participant: models.ParticipantInfo) -> None: ...
-
-    def participant_left(self, room: str, participant: models.ParticipantInfo) -> None: ...
-
-    def room_closed(self, room: str, reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,20 +61,48 @@ class RoomManager:
         store: Store,
         registry: WorkerRegistry,
         dispatcher: Dispatcher,
+        events: EventBus,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._config = config
         self._store = store
         self._registry = registry
         self._dispatcher = dispatcher
+        self._events = events
         self._clock = clock
         self._close_timers: dict[str, asyncio.TimerHandle] = {}
         self._dormant: dict[str, str] = {}  # implicit dispatch id -> room name, waiting for a worker
-        self._observers: list[RoomObserver] = []
+        self._visited: set[str] = set()  # rooms a non-agent participant has joined
         self._tasks = TaskSet("rooms")
+        dispatcher.set_audience(self.audience)
+        events.subscribe(self._on_event)
 
-    def add_observer(self, observer: RoomObserver) -> None:
-        self._observers.append(observer)
+    def _on_event(self, event: Event) -> None:
+        if (
+            isinstance(event, WorkerEvent)
+            and event.kind is WorkerEventKind.REGISTERED
+            and not event.worker.agent_name
+            and not event.worker.namespace
+            and self._dormant
+        ):
+            self._tasks.spawn(self._wake_implicit(), f"wake-implicit:{event.worker.worker_id}")
+
+    def _emit(
+        self,
+        kind: RoomEventKind,
+        room: models.Room,
+        p: models.ParticipantInfo | None = None,
+        detail: str = "",
+    ) -> None:
+        self._events.emit(RoomEvent(kind, room, p, self._clock.monotonic(), detail))
+
+    async def audience(self, room_name: str) -> RoomAudience:
+        """Who a job in this room could still serve (the restart rule asks)."""
+        room = await self._store.get_room(room_name)
+        if room is None:
+            return RoomAudience(exists=False, humans_now=0, ever_had_humans=room_name in self._visited)
+        humans = sum(1 for p in await self._store.list_participants(room_name) if p.kind != AGENT_KIND)
+        return RoomAudience(exists=True, humans_now=humans, ever_had_humans=room_name in self._visited)
 
     # -- rooms ---------------------------------------------------------------------------------
     async def create_room(self, spec: RoomSpec) -> tuple[models.Room, bool]:
@@ -106,6 +126,7 @@ class RoomManager:
         stored, created = await self._store.create_room(room)
         if created:
             log.info("room created", extra={"room": spec.name})
+            self._emit(RoomEventKind.ROOM_STARTED, stored)
             self._arm_close_timer(spec.name, stored.empty_timeout)
             for dspec in spec.agents or (DispatchSpec(implicit=True),):
                 await self._add_dispatch(stored, dspec)
@@ -128,10 +149,10 @@ class RoomManager:
             await self._dispatcher.end_job(job.id, agent.JobStatus.JS_CANCELLED, reason, job_reason)
         for dispatch in await self._store.list_dispatches(name):
             self._dormant.pop(dispatch.id, None)
-        await self._store.delete_room(name)
+        room = await self._store.delete_room(name)
+        self._visited.discard(name)
         log.info("room closed", extra={"room": name, "reason": reason})
-        for observer in self._observers:
-            observer.room_closed(name, reason)
+        self._emit(RoomEventKind.ROOM_FINISHED, room or models.Room(name=name), detail=reason)
 
     def _arm_close_timer(self, name: str, seconds: int) -> None:
         old = self._close_timers.pop(name, None)
@@ -162,7 +183,8 @@ class RoomManager:
         return await self._add_dispatch(room, spec)
 
     async def _add_dispatch(self, room: models.Room, spec: DispatchSpec) -> agent_dispatch.AgentDispatch:
-        self._dispatcher.check_capacity()
+        validate_agent_name(spec.agent_name)
+        self._dispatcher.check_capacity(1, len(spec.metadata) + room.ByteSize())
         dispatch = agent_dispatch.AgentDispatch(
             id=new_id("AD_"),
             agent_name=spec.agent_name,
@@ -248,11 +270,8 @@ class RoomManager:
                 )
         return (await self.list_dispatches(room, dispatch_id))[0]
 
-    async def worker_registered(self, worker: WorkerSession) -> None:
-        """Wake implicit dispatches that waited for an unnamed worker."""
-        reg = worker.registration
-        if reg.agent_name or reg.namespace or not self._dormant:
-            return
+    async def _wake_implicit(self) -> None:
+        """An unnamed worker registered: start the implicit dispatches that waited for one."""
         for dispatch_id, room_name in list(self._dormant.items()):
             dispatch = await self._store.get_dispatch(dispatch_id)
             room = await self._store.get_room(room_name)
@@ -267,27 +286,29 @@ class RoomManager:
         self, room_name: str, participant: models.ParticipantInfo, room_spec: RoomSpec
     ) -> models.Room:
         room, _ = await self.create_room(room_spec)
+        validate_identity(participant.identity)
         existing = await self._store.list_participants(room_name)
-        humans = [p for p in existing if p.kind != AGENT_KIND and p.identity != participant.identity]
-        if room.max_participants and len(existing) >= room.max_participants:
+        others = [p for p in existing if p.identity != participant.identity]
+        humans = sum(1 for p in others if p.kind != AGENT_KIND) + (participant.kind != AGENT_KIND)
+        if room.max_participants and len(others) >= room.max_participants:
             raise TwirpError("resource_exhausted", f"room {room_name!r} is full ({room.max_participants})")
         participant.joined_at = self._clock.wall_ns() // 1_000_000_000
         participant.joined_at_ms = self._clock.wall_ns() // 1_000_000
         participant.state = models.ParticipantInfo.State.ACTIVE
         await self._store.add_participant(room_name, participant)
-        room.num_participants = len(existing) + 1
+        room.num_participants = len(others) + 1
         await self._store.update_room(room)
         if participant.kind != AGENT_KIND:
+            self._visited.add(room_name)
             timer = self._close_timers.pop(room_name, None)
             if timer is not None:
                 timer.cancel()
             await self._participant_jobs(room, participant, JT_PARTICIPANT)
         log.info(
             "participant joined",
-            extra={"room": room_name, "identity": participant.identity, "humans": len(humans) + 1},
+            extra={"room": room_name, "identity": participant.identity, "humans": humans},
         )
-        for observer in self._observers:
-            observer.participant_joined(room_name, participant)
+        self._emit(RoomEventKind.PARTICIPANT_JOINED, room, participant)
         return room
 
     async def participants(self, room_name: str) -> list[models.ParticipantInfo]:
@@ -303,11 +324,23 @@ class RoomManager:
                     await self._participant_jobs(room, p, JT_PUBLISHER)
 
     async def _participant_jobs(self, room: models.Room, p: models.ParticipantInfo, job_type: int) -> None:
+        """One job per (dispatch, participant identity, type): a reconnect keeps the running one."""
         for dispatch in await self._store.list_dispatches(room.name):
             if dispatch.state.deleted_at:
                 continue
-            if job_type in self._registry.job_types(dispatch.agent_name, "", dispatch.deployment):
-                await self._dispatcher.submit(self._new_job(room, dispatch, job_type, p))
+            if job_type not in self._registry.job_types(dispatch.agent_name, "", dispatch.deployment):
+                continue
+            jobs = await self._store.jobs_of_dispatch(dispatch.id)
+            if any(
+                j.type == job_type and j.participant.identity == p.identity and j.state.status not in ENDED
+                for j in jobs
+            ):
+                log.info(
+                    "participant rejoined; its job keeps running",
+                    extra={"room": room.name, "identity": p.identity, "dispatch_id": dispatch.id},
+                )
+                continue
+            await self._dispatcher.submit(self._new_job(room, dispatch, job_type, p))
 
     async def leave(self, room_name: str, identity: str) -> None:
         p = await self._store.remove_participant(room_name, identity)
@@ -320,8 +353,7 @@ class RoomManager:
             await self._store.update_room(room)
             if not any(q.kind != AGENT_KIND for q in remaining):
                 self._arm_close_timer(room_name, room.departure_timeout)
-        for observer in self._observers:
-            observer.participant_left(room_name, p)
+        self._emit(RoomEventKind.PARTICIPANT_LEFT, room or models.Room(name=room_name), p)
 
     async def aclose(self) -> None:
         for timer in self._close_timers.values():
@@ -330,8 +362,26 @@ class RoomManager:
         await self._tasks.aclose()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _validate_name(what: str, name: str, required: bool) -> None:
+    if required and not name:
+        raise TwirpError("invalid_argument", f"{what} is required")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise TwirpError("invalid_argument", f"{what} longer than {MAX_NAME_BYTES} bytes")
+    if _CONTROL.search(name):
+        raise TwirpError("invalid_argument", f"{what} must not contain control characters")
+
+
 def validate_room_name(name: str) -> None:
-    if not name:
-        raise TwirpError("invalid_argument", "room name is required")
-    if len(name.encode()) > 256:
-        raise TwirpError("invalid_argument", "room name longer than 256 bytes")
+    _validate_name("room name", name, required=True)
+
+
+def validate_agent_name(name: str) -> None:
+    """No worker could register a longer name or one with control characters: it could never run."""
+    _validate_name("agent name", name, required=False)
+
+
+def validate_identity(identity: str) -> None:
+    _validate_name("participant identity", identity, required=True)

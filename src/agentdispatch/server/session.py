@@ -1,17 +1,25 @@
-"""One worker connection: an explicit state machine plus the worker's registered facts."""
+"""One worker connection: an explicit state machine, the worker's registered facts, and its outbox.
+
+Nothing awaits a worker's socket except the session's own writer task: `post()` queues a frame and
+returns at once, so a worker that stops reading can never stall a Twirp call or another worker.
+A worker whose outbox overflows its byte budget, or whose socket does not take a frame within the
+send timeout, is disconnected with a reason (its offers then go elsewhere).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import re
+from collections import deque
 from dataclasses import dataclass
 
 from aiohttp import web
 from livekit.protocol import agent, models
 
-from ..protocol import Encoding, ProtocolError, encode, new_id, sanitize_load
-from .scheduler import LoadState
+from ..protocol import Encoding, ProtocolError, encode, new_id
+from .load_state import LoadState
 
 log = logging.getLogger("agentdispatch.server.session")
 
@@ -90,23 +98,41 @@ def validate_register(req: agent.RegisterWorkerRequest, default_ping: float) -> 
     )
 
 
-class WorkerSession:
-    """A connected worker. Owned by the endpoint handler; read by the dispatcher."""
+@dataclass(frozen=True)
+class OutboxLimits:
+    #: bytes queued for one worker before it is disconnected as not reading
+    max_bytes: int = 8 * 1024 * 1024
+    #: seconds one frame may take to be handed to the socket before the worker is disconnected
+    send_timeout: float = 10.0
 
-    def __init__(self, ws: web.WebSocketResponse, remote: str) -> None:
+
+class WorkerSession:
+    """A connected worker. The endpoint owns the connection; the registry owns `load`."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        api_key: str = "",
+        transport: asyncio.Transport | None = None,
+        limits: OutboxLimits = OutboxLimits(),
+        connected_at_ns: int = 0,
+    ) -> None:
         self.ws = ws
-        self.remote = remote
+        self.api_key = api_key
         self.id = new_id("AW_")
         self.state = SessionState.CONNECTED
         self.encoding = Encoding.BINARY
         self.reg: Registration | None = None
-        self.load = LoadState()
+        self.load = LoadState()  # the registry's record of this worker, kept here for O(1) access
         self.status = WS_AVAILABLE
         self.draining = False
-        self.reported_jobs = 0
-        self.offers: set[str] = set()
-        self.active_jobs: set[str] = set()
-        self.last_frame_at = 0.0
+        self.connected_at_ns = connected_at_ns
+        self.close_reason = ""
+        self._transport = transport
+        self._limits = limits
+        self._queue: deque[bytes | str] = deque()
+        self._queued_bytes = 0
+        self._wakeup = asyncio.Event()
 
     def __repr__(self) -> str:
         name = self.reg.agent_name if self.reg else "?"
@@ -118,6 +144,14 @@ class WorkerSession:
             raise ProtocolError(f"worker {self.id} is not registered")
         return self.reg
 
+    @property
+    def offers(self) -> frozenset[str]:
+        return frozenset(self.load.offers)
+
+    @property
+    def active_jobs(self) -> frozenset[str]:
+        return frozenset(self.load.jobs)
+
     def transition(self, new: SessionState) -> None:
         if new not in _ALLOWED[self.state]:
             raise ProtocolError(f"illegal session transition {self.state.value} -> {new.value}")
@@ -125,38 +159,56 @@ class WorkerSession:
 
     @property
     def is_open(self) -> bool:
-        return self.state is SessionState.REGISTERED and not self.ws.closed
+        return self.state is SessionState.REGISTERED and not self.ws.closed and not self.close_reason
 
-    @property
-    def eligible(self) -> bool:
-        """Can be offered new jobs: registered, reporting AVAILABLE, not draining."""
-        return self.is_open and self.status == WS_AVAILABLE and not self.draining
-
-    def apply_status(self, update: agent.UpdateWorkerStatus) -> None:
-        """Apply an UpdateWorkerStatus with the load sanitised (see docs/server.md)."""
-        if update.HasField("status"):
-            self.status = update.status
-        self.draining = update.draining
-        status_only = update.load == 0.0 and (
-            self.draining or (update.HasField("status") and update.status == WS_FULL)
-        )
-        if not status_only:
-            self.load.reported = sanitize_load(update.load)
-        self.load.since_report = 0
-        self.reported_jobs = update.job_count
-        self.load.available = self.eligible
-
-    async def send(self, msg: agent.ServerMessage) -> bool:
-        """Send one message in the worker's encoding; False if the socket is already gone."""
-        if self.ws.closed:
+    # -- outbox ----------------------------------------------------------------------------------
+    def post(self, msg: agent.ServerMessage) -> bool:
+        """Queue one message in the worker's encoding; False if the worker is gone or cut off."""
+        if self.ws.closed or self.close_reason:
             return False
         data = encode(msg, self.encoding)
-        try:
-            if isinstance(data, str):
-                await self.ws.send_str(data)
-            else:
-                await self.ws.send_bytes(data)
-        except (ConnectionError, RuntimeError) as exc:
-            log.info("send to worker failed", extra={"worker_id": self.id, "error": str(exc)})
+        size = len(data)
+        if self._queued_bytes + size > self._limits.max_bytes:
+            self.cut_off(f"outbound queue over {self._limits.max_bytes} bytes: worker is not reading")
             return False
+        self._queue.append(data)
+        self._queued_bytes += size
+        self._wakeup.set()
         return True
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    async def run_writer(self) -> None:
+        """Hand queued frames to the socket, one at a time; runs until the connection ends."""
+        while not self.ws.closed and not self.close_reason:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            data = self._queue.popleft()
+            self._queued_bytes -= len(data)
+            send = self.ws.send_str(data) if isinstance(data, str) else self.ws.send_bytes(data)
+            try:
+                await asyncio.wait_for(send, self._limits.send_timeout)
+            except TimeoutError:
+                self.cut_off(
+                    f"socket took no frame for {self._limits.send_timeout:g}s: worker is not reading"
+                )
+            except (ConnectionError, RuntimeError) as exc:
+                log.info("send to worker failed", extra={"worker_id": self.id, "error": str(exc)})
+                return
+
+    def cut_off(self, reason: str) -> None:
+        """Drop a worker that does not take its frames: abort the TCP connection (no close handshake
+        could get through a full buffer); the endpoint then runs the usual disconnect path."""
+        if self.close_reason:
+            return
+        self.close_reason = reason
+        log.warning("disconnecting worker", extra={"worker_id": self.id, "reason": reason})
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._wakeup.set()
+        if self._transport is not None:
+            self._transport.abort()

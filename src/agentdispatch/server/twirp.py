@@ -1,11 +1,18 @@
-"""Twirp services: RoomService and AgentDispatchService, JSON or protobuf, LiveKit grants."""
+"""Twirp services: RoomService and AgentDispatchService, JSON or protobuf, LiveKit grants.
+
+Bodies are read whole (any chunking, any number of TCP segments) up to MAX_BODY_BYTES within the
+body timeout; a body over the limit is refused, never truncated. Methods of LiveKit services we do
+not serve answer `unimplemented`; unknown services answer `bad_route`. Other packages add methods
+with `add_method` (the SIP service does).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -13,16 +20,23 @@ from google.protobuf.message import DecodeError, Message
 from livekit import api
 from livekit.protocol import agent_dispatch, room
 
-from ..protocol import AuthError, TwirpError, bearer_token
+from ..protocol import AuthError, KeyRing, TwirpError, bearer_token
+from ..util import SYSTEM_CLOCK, Clock
 from .idempotency import IdempotencyCache, request_key
-from .rooms import DispatchSpec, RoomSpec
-
-if TYPE_CHECKING:
-    from .app import DispatchServer
+from .rooms import DispatchSpec, RoomManager, RoomSpec
+from .store import Store
 
 log = logging.getLogger("agentdispatch.server.twirp")
 
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = 2 * 1024 * 1024
+#: LiveKit services whose other methods answer `unimplemented` (not `bad_route`)
+KNOWN_SERVICES = (
+    "livekit.RoomService",
+    "livekit.AgentDispatchService",
+    "livekit.SIP",
+    "livekit.Egress",
+    "livekit.Ingress",
+)
 JSON = "application/json"
 PROTOBUF = "application/protobuf"
 
@@ -58,10 +72,39 @@ def require(
             raise TwirpError("permission_denied", f"token grants room {grants.room!r}, not {admin_room!r}")
 
 
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole request body (chunked or not), or TwirpError if it is over `limit` or too slow."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TwirpError("malformed", f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                total += len(chunk)
+                if total > limit:
+                    raise TwirpError("malformed", f"body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise TwirpError("deadline_exceeded", f"request body not received within {timeout:g}s") from None
+    if request.content_length is not None and total != request.content_length:
+        raise TwirpError("malformed", f"body ended after {total} of {request.content_length} bytes")
+    return b"".join(chunks)
+
+
 class TwirpServices:
-    def __init__(self, server: DispatchServer) -> None:
-        self._server = server
-        self._replays = IdempotencyCache(server.store, clock=server.clock)
+    def __init__(
+        self,
+        keys: KeyRing,
+        rooms: RoomManager,
+        store: Store,
+        body_timeout: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._keys = keys
+        self._rooms = rooms
+        self._body_timeout = body_timeout
+        self._replays = IdempotencyCache(store, clock=clock)
         rooms_create: Authorize = lambda req, g: require(g, create=True)  # noqa: E731
         rooms_list: Authorize = lambda req, g: require(g, list_=True)  # noqa: E731
         room_admin: Authorize = lambda req, g: require(g, admin_room=req.room)  # noqa: E731
@@ -80,6 +123,12 @@ class TwirpServices:
             ),
         }
 
+    def add_method(self, path: str, method: Method) -> None:
+        """Serve one more Twirp method, e.g. "livekit.SIP/CreateSIPInboundTrunk"."""
+        if path in self._methods:
+            raise ValueError(f"Twirp method {path} is already served")
+        self._methods[path] = method
+
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", "/twirp/{service}/{method}", self.handle)]
 
@@ -93,22 +142,25 @@ class TwirpServices:
         path = f"{request.match_info['service']}/{request.match_info['method']}"
         method = self._methods.get(path)
         if method is None:
+            if request.match_info["service"] in KNOWN_SERVICES:
+                log.info("unimplemented Twirp method called", extra={"path": path})
+                raise TwirpError("unimplemented", f"{path} is not served by agentdispatch")
+            log.info("unknown Twirp route", extra={"path": path})
             raise TwirpError("bad_route", f"no such method {path}")
         if request.method != "POST":
             raise TwirpError("bad_route", f"{path} accepts POST only, got {request.method}")
         try:
-            claims = self._server.keys.verify(bearer_token(request.headers, request.query))
+            claims = self._keys.verify(bearer_token(request.headers, request.query))
         except AuthError as exc:
+            log.warning(
+                "api auth failed", extra={"path": path, "remote": request.remote or "?", "reason": str(exc)}
+            )
             raise TwirpError("unauthenticated", str(exc)) from None
         grants = claims.video or Grants()
         content_type = request.content_type
         if content_type not in (JSON, PROTOBUF):
             raise TwirpError("bad_route", f"unsupported content type {content_type!r}")
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            raise TwirpError("malformed", f"body larger than {MAX_BODY_BYTES} bytes")
-        body = await request.content.read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
-            raise TwirpError("malformed", f"body larger than {MAX_BODY_BYTES} bytes")
+        body = await read_body(request, MAX_BODY_BYTES, self._body_timeout)
         req = method.request_type()
         try:
             if content_type == JSON:
@@ -138,14 +190,14 @@ class TwirpServices:
             metadata=req.metadata,
             agents=tuple(DispatchSpec.from_room_agent(a) for a in req.agents),
         )
-        created, _ = await self._server.rooms.create_room(spec)
+        created, _ = await self._rooms.create_room(spec)
         return created
 
     async def list_rooms(self, req: room.ListRoomsRequest) -> Message:
-        return room.ListRoomsResponse(rooms=await self._server.rooms.list_rooms(list(req.names)))
+        return room.ListRoomsResponse(rooms=await self._rooms.list_rooms(list(req.names)))
 
     async def delete_room(self, req: room.DeleteRoomRequest) -> Message:
-        await self._server.rooms.delete_room(req.room)
+        await self._rooms.delete_room(req.room)
         return room.DeleteRoomResponse()
 
     # -- AgentDispatchService --------------------------------------------------------------------
@@ -157,11 +209,11 @@ class TwirpServices:
             attributes=dict(req.attributes),
             restart_policy=req.restart_policy,
         )
-        return await self._server.rooms.create_dispatch(req.room, spec)
+        return await self._rooms.create_dispatch(req.room, spec)
 
     async def delete_dispatch(self, req: agent_dispatch.DeleteAgentDispatchRequest) -> Message:
-        return await self._server.rooms.delete_dispatch(req.room, req.dispatch_id)
+        return await self._rooms.delete_dispatch(req.room, req.dispatch_id)
 
     async def list_dispatch(self, req: agent_dispatch.ListAgentDispatchRequest) -> Message:
-        dispatches = await self._server.rooms.list_dispatches(req.room, req.dispatch_id)
+        dispatches = await self._rooms.list_dispatches(req.room, req.dispatch_id)
         return agent_dispatch.ListAgentDispatchResponse(agent_dispatches=dispatches)
