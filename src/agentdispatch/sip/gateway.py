@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiortp import PortAllocator
 from aiosipua import IncomingCall, SipRequest, SipUAS
-from aiosipua.transport import SipTransport, TcpSipTransport
+from aiosipua.transport import SipTransport
 
 from ..server.app import DispatchServer
 from ..server.events import Event, JobEvent, JobEventKind
@@ -26,7 +26,7 @@ from ..util import TaskSet
 from .call import Call, CallEnv, CallRecord, caller_number, final_response
 from .config import GatewayConfig, TrunkPolicy
 from .directory import Route, SipDirectory
-from .transport import GatewayUdpTransport
+from .transport import GatewayTcpTransport, GatewayUdpTransport
 from .twirp_sip import SipTwirp
 
 log = logging.getLogger("agentdispatch.sip.gateway")
@@ -104,7 +104,7 @@ class SipGateway:
         await self._start_uas(udp)
         self.port = udp.local_addr[1]  # the port actually bound (config.port may be 0)
         if self.config.tcp:
-            await self._start_uas(TcpSipTransport(local_addr=(self.config.host, self.port)))
+            await self._start_uas(GatewayTcpTransport(local_addr=(self.config.host, self.port)))
         log.info("SIP gateway listening", extra={"host": self.config.host, "port": self.port})
 
     async def _start_uas(self, transport: SipTransport) -> None:
