@@ -21,6 +21,7 @@ from typing import Protocol
 
 from aiosipua import IncomingCall
 from aiosipua.rtp_bridge import CallSession
+from aiosipua.sdp_negotiate import SdpNegotiationError
 from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
@@ -165,7 +166,7 @@ class Call:
         self._port = await self._env.allocate_port()
         try:
             self._media = CallSession(local_ip=self._env.host, rtp_port=self._port, offer=offer)
-        except ValueError as exc:
+        except (ValueError, SdpNegotiationError) as exc:
             self._reject(488, f"SDP not acceptable: {exc}")
             return False
         try:
