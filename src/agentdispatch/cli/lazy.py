@@ -57,7 +57,6 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows: list[tuple[str, str]] = []
-        limit = formatter.width - 6 - max((len(n) for n in self.list_commands(ctx)), default=0)
         for name in self.list_commands(ctx):
             entry = self.lazy.get(name)
             if entry is not None:
@@ -65,7 +64,8 @@ class LazyGroup(click.Group):
                 continue
             command = super().get_command(ctx, name)
             if command is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(limit)))
+                # whole first sentence, wrapped like the lazy lines (click would cut it at ~45 chars)
+                rows.append((name, command.get_short_help_str(limit=10_000)))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
