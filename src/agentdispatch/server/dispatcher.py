@@ -248,6 +248,7 @@ class Dispatcher:
         if resp.available:
             self._registry.offer_accepted(worker, pj.job.id)
             await self._assign(pj, worker, resp)
+            self.worker_available(worker, limit=1)  # an answer pulls the next waiting job, one at a time
             return
         self._registry.offer_declined(worker, pj.job.id)
         self._emit(K.DECLINED, pj.job, worker.id, "terminate" if resp.terminate else "")
@@ -368,13 +369,15 @@ class Dispatcher:
             self._emit_worker(WorkerEventKind.STATUS, worker)
         self.worker_available(worker)
 
-    def worker_available(self, worker: WorkerSession) -> None:
-        """A worker registered, reported, answered or freed a slot: serve waiting jobs, while it has room."""
+    def worker_available(self, worker: WorkerSession, limit: int = 1 << 30) -> None:
+        """A worker registered, reported, answered or freed a slot: offer waiting jobs (at most `limit`)
+        to the best candidates of its keys while one is eligible."""
         if not self._queues or not self._registry.is_eligible(worker):
             return
         for key in worker.registration.worker_keys():
             queue = self._queues.get(key)
-            while queue:
+            while queue and limit > 0:
+                limit -= 1
                 job_id = next(iter(queue))
                 pj = queue[job_id]
                 candidate = self._registry.best(key, exclude=pj.tried)

@@ -21,6 +21,8 @@ class LoadState:
     #: consecutive unanswered offers, and the monotonic time before which it gets no offer
     timeouts: int = 0
     backoff_until: float = 0.0
+    #: has answered at least one offer; until then it is trusted with one offer at a time
+    answered_any: bool = False
     #: monotonic time of the last status report (None until the worker sends one)
     last_status_at: float | None = None
 

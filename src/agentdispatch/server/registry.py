@@ -160,6 +160,7 @@ class WorkerRegistry:
     def _answered(load: LoadState) -> None:
         load.timeouts = 0
         load.backoff_until = 0.0
+        load.answered_any = True
 
     # -- reading -------------------------------------------------------------------------------
     def projected(self, session: WorkerSession) -> float:
@@ -176,6 +177,7 @@ class WorkerRegistry:
             and session.status == WS_AVAILABLE
             and not session.draining
             and load.credit != 0
+            and (load.answered_any or not load.offers)  # on probation: one offer at a time
             and self.projected(session) < FULL_PROJECTION
         )
 
