@@ -50,6 +50,9 @@ def claims_from_payload(payload: dict[str, Any]) -> api.access_token.Claims:
         video=grants,
         attributes={str(k): str(v) for k, v in attributes.items()} if isinstance(attributes, dict) else {},
     )
+    sip = payload.get("sip")
+    if isinstance(sip, dict):  # the SIP grants (livekit.SIP Twirp service)
+        claims.sip = api.SIPGrants(admin=sip.get("admin") is True, call=sip.get("call") is True)
     room_config = payload.get("roomConfig")
     if isinstance(room_config, dict) and room_config:
         try:
