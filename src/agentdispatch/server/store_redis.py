@@ -153,16 +153,22 @@ class RedisStore:
         cluster: str = "agentdispatch",
         *,
         socket_timeout: float = 2.0,
+        max_connections: int = 64,
         client: aioredis.Redis | None = None,
     ) -> None:
         self.url = url
         self.prefix = f"ad:{cluster}:"
-        self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=socket_timeout,
-            socket_timeout=socket_timeout,
-            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
-            health_check_interval=10,
+        self.redis: aioredis.Redis = client or aioredis.Redis.from_pool(
+            # blocking: a burst waits for a free connection instead of failing "too many connections"
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                socket_timeout=socket_timeout,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+                health_check_interval=10,
+            )
         )
         r = self.redis
         self._put_ordered = r.register_script(_PUT_ORDERED)
@@ -291,6 +297,17 @@ class RedisStore:
         args: list[Any] = [job.id, expected_worker, job.state.worker_id, job.SerializeToString(), _meta(job)]
         won = await self._claim(keys=[self.k("job"), self.k("job:meta")], args=args + self._ended)
         return bool(won)
+
+    @_guarded
+    async def jobs_held_by(self, worker_ids: Sequence[str]) -> list[str]:
+        """Ids of jobs not ended whose owner is one of `worker_ids` (a scan: for node loss only)."""
+        owners, ended = set(worker_ids), {s.encode() for s in self._ended}
+        held: list[str] = []
+        async for job_id, meta in self.redis.hscan_iter(self.k("job:meta"), count=1000):
+            status, _, owner = _raw(meta).partition(b"|")
+            if status not in ended and owner.decode() in owners:
+                held.append(_raw(job_id).decode())
+        return held
 
     # -- idempotent requests -----------------------------------------------------------------------
     @_guarded

@@ -1,0 +1,271 @@
+"""Cluster bookkeeping in Redis: node leases, the cluster-wide worker directory, durable hand-offs.
+
+Keys (prefix ``ad:<cluster>:``, shared with RedisStore)::
+
+    node:<id>          string  lease (JSON {url}); lapses `lease_ttl` s after the last heartbeat
+    nodes              zset    every node that ever held a lease, score = first seen (ms)
+    takeover:<id>      string  who is taking over a dead node (SET NX), so exactly one survivor does
+    wsum               hash    worker id -> WorkerSummary JSON (cluster-wide view)
+    wsum:n:<node>      set     worker ids connected to that node
+    wkey:<key>         zset    eligible workers of one worker key, score = projected load
+    hand:<node>        stream  hand-offs to that node (consumer group "nodes"); an entry stays
+                               pending until the job it carries is assigned or ended
+
+The pieces here only talk to Redis; server/cluster.py wires them to the dispatcher.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from livekit.protocol import agent
+from redis.exceptions import ResponseError
+
+from .events import WorkerSummary
+from .session import WorkerKey
+
+GROUP = "nodes"
+WS_AVAILABLE = int(agent.WorkerStatus.WS_AVAILABLE)
+
+
+def key_name(key: WorkerKey) -> str:
+    agent_name, namespace, job_type, deployment = key
+    return json.dumps([agent_name, namespace, job_type, deployment], separators=(",", ":"))
+
+
+def worker_keys(s: WorkerSummary) -> tuple[WorkerKey, WorkerKey]:
+    return (
+        (s.agent_name, s.namespace, s.job_type, s.deployment),
+        (s.agent_name, s.namespace, s.job_type, "*"),
+    )
+
+
+def eligible(s: WorkerSummary) -> bool:
+    return s.status == WS_AVAILABLE and not s.draining and not s.unresponsive and s.projected_load < 1.0
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"unexpected Redis reply {type(value).__name__}")
+
+
+class NodeLeases:
+    """Each live node holds `node:<id>` with a TTL and renews it; a lapsed lease means a dead node."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, node_id: str, lease_ttl: float) -> None:
+        self._r = redis
+        self._p = prefix
+        self.node_id = node_id
+        self._ttl_ms = max(1, int(lease_ttl * 1000))
+
+    async def renew(self, url: str = "") -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(f"{self._p}node:{self.node_id}", json.dumps({"url": url}), px=self._ttl_ms)
+        pipe.zadd(f"{self._p}nodes", {self.node_id: 0}, nx=True)
+        await pipe.execute()
+
+    async def release(self) -> None:
+        """A clean shutdown: give the lease up at once so survivors need not wait for it to lapse."""
+        await self._r.delete(f"{self._p}node:{self.node_id}")
+
+    async def known(self) -> list[str]:
+        return [_text(n) for n in await self._r.zrange(f"{self._p}nodes", 0, -1)]
+
+    async def alive(self) -> dict[str, bool]:
+        nodes = await self.known()
+        if not nodes:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(f"{self._p}node:{node}")
+        flags = await pipe.execute()
+        return {node: bool(flag) for node, flag in zip(nodes, flags, strict=True)}
+
+    async def begin_takeover(self, dead: str, hold: float) -> bool:
+        """True for exactly one survivor per dead node (until `hold` s pass without finishing)."""
+        got = await self._r.set(f"{self._p}takeover:{dead}", self.node_id, nx=True, px=int(hold * 1000))
+        return bool(got)
+
+    async def forget(self, dead: str) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.zrem(f"{self._p}nodes", dead)
+        pipe.delete(f"{self._p}takeover:{dead}", f"{self._p}hand:{dead}")
+        await pipe.execute()
+
+
+class WorkerDirectory:
+    """The cluster-wide worker view placement reads: who is where, and how loaded."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, rng: random.Random | None = None) -> None:
+        self._r = redis
+        self._p = prefix
+        self._rng = rng or random.Random()
+
+    async def publish(self, summaries: Sequence[WorkerSummary]) -> None:
+        if not summaries:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        for s in summaries:
+            pipe.hset(f"{self._p}wsum", s.worker_id, json.dumps(asdict(s)))
+            pipe.sadd(f"{self._p}wsum:n:{s.node_id}", s.worker_id)
+            for key in worker_keys(s):
+                zkey = f"{self._p}wkey:{key_name(key)}"
+                if eligible(s):
+                    pipe.zadd(zkey, {s.worker_id: s.projected_load})
+                else:
+                    pipe.zrem(zkey, s.worker_id)
+        await pipe.execute()
+
+    async def remove(self, summaries: Sequence[WorkerSummary]) -> None:
+        if not summaries:
+            return
+        pipe = self._r.pipeline(transaction=True)
+        for s in summaries:
+            pipe.hdel(f"{self._p}wsum", s.worker_id)
+            pipe.srem(f"{self._p}wsum:n:{s.node_id}", s.worker_id)
+            for key in worker_keys(s):
+                pipe.zrem(f"{self._p}wkey:{key_name(key)}", s.worker_id)
+        await pipe.execute()
+
+    async def get(self, worker_id: str) -> WorkerSummary | None:
+        raw = await self._r.hget(f"{self._p}wsum", worker_id)
+        return None if raw is None else WorkerSummary(**json.loads(_text(raw)))
+
+    async def of_node(self, node_id: str) -> list[WorkerSummary]:
+        ids = [_text(w) for w in await self._r.smembers(f"{self._p}wsum:n:{node_id}")]
+        if not ids:
+            return []
+        raws = await self._r.hmget(f"{self._p}wsum", ids)
+        return [WorkerSummary(**json.loads(_text(r))) for r in raws if r is not None]
+
+    async def best(self, key: WorkerKey, exclude: Collection[str] = ()) -> tuple[str, float] | None:
+        """(worker id, projected load) of the least loaded eligible worker; ties broken at random."""
+        zkey = f"{self._p}wkey:{key_name(key)}"
+        want = len(exclude) + 8
+        rows: Any = await self._r.zrange(zkey, 0, want - 1, withscores=True)
+        cands = [(_text(w), float(sc)) for w, sc in rows if float(sc) < 1.0 and _text(w) not in exclude]
+        if not cands:
+            return None
+        low = cands[0][1]
+        ties = [c for c in cands if c[1] == low]
+        return self._rng.choice(ties)
+
+    async def bump(self, worker_id: str, key: WorkerKey, delta: float) -> None:
+        """Raise a worker's projection at once after choosing it, so a burst spreads (XX: only if listed)."""
+        summary = await self.get(worker_id)
+        keys = worker_keys(summary) if summary is not None else (key,)
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.zadd(f"{self._p}wkey:{key_name(k)}", {worker_id: delta}, xx=True, incr=True)
+        await pipe.execute()
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """One durable message to a node: place `job_id` (preferably on `worker_id`) or terminate it there."""
+
+    kind: str  # "offer" | "terminate"
+    job_id: str
+    worker_id: str = ""
+    #: wall-clock ms at which the job's dispatch deadline passes (0 = the receiver's default)
+    deadline_ms: int = 0
+    resuming: bool = False
+    from_node: str = ""
+    entry_id: str = ""  # the stream entry (set on receipt)
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "job": self.job_id,
+            "worker": self.worker_id,
+            "deadline_ms": str(self.deadline_ms),
+            "resuming": "1" if self.resuming else "0",
+            "from": self.from_node,
+        }
+
+    @classmethod
+    def parse(cls, entry_id: object, fields: dict[object, object]) -> Handoff:
+        f = {_text(k): _text(v) for k, v in fields.items()}
+        return cls(
+            kind=f.get("kind", "offer"),
+            job_id=f.get("job", ""),
+            worker_id=f.get("worker", ""),
+            deadline_ms=int(f.get("deadline_ms", "0") or 0),
+            resuming=f.get("resuming") == "1",
+            from_node=f.get("from", ""),
+            entry_id=_text(entry_id),
+        )
+
+
+class HandoffStreams:
+    """`hand:<node>` streams with one consumer group: send, read (pending first), ack, claim."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, node_id: str, maxlen: int = 100_000) -> None:
+        self._r = redis
+        self._p = prefix
+        self.node_id = node_id
+        self._maxlen = maxlen
+
+    def stream(self, node_id: str) -> str:
+        return f"{self._p}hand:{node_id}"
+
+    async def ensure_group(self, node_id: str) -> None:
+        try:
+            await self._r.xgroup_create(self.stream(node_id), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def send(self, node_id: str, handoff: Handoff) -> str:
+        entry = await self._r.xadd(
+            self.stream(node_id),
+            handoff.fields(),  # type: ignore[arg-type]
+            maxlen=self._maxlen,
+            approximate=True,
+        )
+        return _text(entry)
+
+    async def read(self, block_ms: int, pending: bool = False, count: int = 100) -> list[Handoff]:
+        """New entries for this node (blocking up to `block_ms`), or with `pending` the ones this
+        consumer read before and never acknowledged (after a restart with the same node id)."""
+        start = "0" if pending else ">"
+        reply: Any = await self._r.xreadgroup(
+            GROUP, self.node_id, {self.stream(self.node_id): start}, count=count,
+            block=None if pending else block_ms,
+        )  # fmt: skip
+        out: list[Handoff] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:  # a pending entry trimmed away has no fields any more
+                    out.append(Handoff.parse(entry_id, fields))
+        return out
+
+    async def ack(self, node_id: str, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self._r.xack(self.stream(node_id), GROUP, *entry_ids)
+
+    async def claim(self, dead_node: str, min_idle: float, count: int = 100) -> list[Handoff]:
+        """Take over `dead_node`'s hand-offs: pending ones idle `min_idle` s, and never-read ones."""
+        stream = self.stream(dead_node)
+        out: list[Handoff] = []
+        cursor = "0-0"
+        while True:
+            reply: Any = await self._r.xautoclaim(
+                stream, GROUP, self.node_id, int(min_idle * 1000), start_id=cursor, count=count
+            )
+            cursor = _text(reply[0])
+            out.extend(Handoff.parse(eid, f) for eid, f in reply[1] if f)
+            if cursor == "0-0":
+                break
+        unread: Any = await self._r.xreadgroup(GROUP, self.node_id, {stream: ">"}, count=10_000)
+        for _stream, entries in unread or []:
+            out.extend(Handoff.parse(eid, f) for eid, f in entries if f)
+        return out
