@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 from collections.abc import Coroutine
@@ -15,6 +16,9 @@ import click
 from ..protocol import ConfigError
 from ..server import DEV_KEYS, DispatchServer, ServerConfig
 from .logs import setup_logging
+
+ENV_HELP = """Environment: LIVEKIT_API_KEY and LIVEKIT_API_SECRET (the API key pair, unless --keys-file or
+--dev), REDIS_URL (same as --redis), AGENTDISPATCH_ADMIN_TOKEN (same as --admin-token)."""
 
 
 def load_keys_file(path: Path) -> dict[str, str]:
@@ -46,17 +50,85 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
     )
 
 
-@click.command("server")
+@click.command("server", epilog=ENV_HELP)
 @click.option("--dev", is_flag=True, help="Development mode: 127.0.0.1:7880, key devkey / secret secret.")
 @click.option("--bind", default=None, help="Address to listen on [dev: 127.0.0.1, else 0.0.0.0].")
-@click.option("--port", type=click.IntRange(0, 65535), default=7880, show_default=True)
-@click.option("--keys-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=7880, show_default=True, help="TCP port (0 = any free)."
+)
+@click.option(
+    "--keys-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File of 'key: secret' lines (overrides LIVEKIT_API_KEY/SECRET).",
+)
 @click.option("--offer-timeout", type=float, default=5.0, show_default=True, help="Seconds per offer.")
 @click.option(
     "--dispatch-deadline", type=float, default=30.0, show_default=True, help="Seconds a job may wait."
 )
 @click.option("--queue-limit", type=int, default=10_000, show_default=True, help="Jobs allowed to wait.")
-@click.option("--reconnect-grace", type=float, default=10.0, show_default=True)
+@click.option(
+    "--queue-bytes-limit",
+    type=int,
+    default=256 * 1024 * 1024,
+    show_default=True,
+    help="Bytes the waiting jobs may hold (records incl. metadata).",
+)
+@click.option(
+    "--reconnect-grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds a lost worker's jobs wait for it to reconnect and migrate them.",
+)
+@click.option(
+    "--max-restarts", type=int, default=3, show_default=True, help="Restarts allowed per job before FAILED."
+)
+@click.option(
+    "--status-stale-after",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Skip a worker whose status reports stopped this many seconds ago (0 = never).",
+)
+@click.option(
+    "--worker-send-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Disconnect a worker whose socket takes no frame for this many seconds.",
+)
+@click.option(
+    "--worker-outbox-bytes",
+    type=int,
+    default=8 * 1024 * 1024,
+    show_default=True,
+    help="Disconnect a worker with more than this many bytes queued to it.",
+)
+@click.option(
+    "--header-timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Close connections that send no complete request headers for this long.",
+)
+@click.option(
+    "--body-timeout", type=float, default=30.0, show_default=True, help="Seconds to receive a request body."
+)
+@click.option(
+    "--max-connections",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Open connections served at once; more get 503 (0 = open-file limit - 64).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds shutdown may take, whatever is connected.",
+)
 @click.option("--public-url", default="", help="URL put in job assignments (default: the worker's own).")
 @click.option(
     "--redis",
@@ -85,7 +157,16 @@ def server_command(
     offer_timeout: float,
     dispatch_deadline: float,
     queue_limit: int,
+    queue_bytes_limit: int,
     reconnect_grace: float,
+    max_restarts: int,
+    status_stale_after: float,
+    worker_send_timeout: float,
+    worker_outbox_bytes: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
+    shutdown_timeout: float,
     public_url: str,
     redis_url: str,
     webhook_urls: tuple[str, ...],
@@ -104,7 +185,16 @@ def server_command(
             offer_timeout=offer_timeout,
             dispatch_deadline=dispatch_deadline,
             queue_limit=queue_limit,
+            queue_bytes_limit=queue_bytes_limit,
             reconnect_grace=reconnect_grace,
+            max_restarts=max_restarts,
+            status_stale_after=status_stale_after,
+            worker_send_timeout=worker_send_timeout,
+            worker_outbox_bytes=worker_outbox_bytes,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            max_connections=max_connections,
+            shutdown_timeout=shutdown_timeout,
             public_url=public_url,
             redis_url=redis_url,
             webhook_urls=webhook_urls,
@@ -114,7 +204,7 @@ def server_command(
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    run_event_loop(_run(config))
+    run_event_loop(_run(config, dev))
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -127,10 +217,33 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-async def _run(config: ServerConfig) -> None:
+def bind_error_hint(exc: OSError, config: ServerConfig) -> str:
+    """One line for a socket that cannot be bound, naming the flag that changes it."""
+    where = f"{config.host}:{config.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {config.port} is already in use on {config.host}: stop the other server or use --port N"
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on {where}: pick a port above 1023 with --port N"
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+        return f"cannot listen on {where}: {config.host} is not an address of this machine (see --bind)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+async def _run(config: ServerConfig, dev: bool = False) -> None:
     server = DispatchServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.aclose()
+        raise click.ClickException(bind_error_hint(exc, config)) from None
     click.echo(f"agentdispatch server listening on {server.url} (node {server.node_id})", err=True)
+    if dev:
+        key, secret = next(iter(config.keys.items()))
+        click.echo(
+            f"  workers: LIVEKIT_URL={server.ws_url} LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={secret}\n"
+            f"  try it:  agentdispatch worker dev examples/echo_agent.py (dashboard: {server.url}/dashboard)",
+            err=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
