@@ -2,7 +2,7 @@
 
     python agent.py dev                      # development defaults (see docs/worker.md)
     python agent.py start --url wss://... --api-key K --api-secret S
-    agentdispatch worker dev path/to/agent.py
+    agentdispatch worker dev path/to/agent.py   # the same options as `python agent.py dev`
 
 Argument parsing only: flags override the options, then `worker.run()` does the work.
 """
@@ -10,7 +10,7 @@ Argument parsing only: flags override the options, then `worker.run()` does the 
 from __future__ import annotations
 
 import dataclasses
-import os
+import runpy
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +20,7 @@ import click
 
 from ..protocol import ConfigError
 from ..worker.options import LOG_LEVELS, WorkerOptions
-from ..worker.refs import load_module_from_path
+from ..worker.refs import load_module_from_path, ref_from_callable
 from .logs import setup_logging
 
 _FLAG_TO_OPTION = {
@@ -56,23 +56,6 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
-
-
-LIGHT_MAIN = "agentdispatch.cli.worker_cmd"
-
-
-def _relaunch_light() -> None:
-    """Re-exec `agentdispatch worker ...` as `python -m agentdispatch.cli.worker_cmd ...`.
-
-    Job processes inherit (forkserver) or re-import (spawn) the program's `__main__`; the full
-    `agentdispatch` command loads the server, benchmarks and demo, which would cost every job process
-    ~15 MB of private memory (measured: 20.5 MB -> 4.9 MB USS per idle process).
-    """
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) == LIGHT_MAIN or "worker" not in sys.argv:
-        return
-    rest = sys.argv[sys.argv.index("worker") + 1 :]
-    os.execv(sys.executable, [sys.executable, "-m", LIGHT_MAIN, *rest])
 
 
 def _apply_flags(options: WorkerOptions, flags: dict[str, Any]) -> WorkerOptions:
@@ -111,18 +94,71 @@ def _app_group(get_options: Callable[[], WorkerOptions]) -> click.Group:
     return app
 
 
+class _Captured(BaseException):
+    """Raised by `run_app` while `agentdispatch worker` runs an agent file as `__main__`: carries the
+    options the file gives (a BaseException, so a user's `except Exception` does not swallow it)."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        super().__init__("run_app options captured")
+        self.options = options
+
+
+_capturing = False
+
+
 def run_app(options: WorkerOptions, argv: Sequence[str] | None = None) -> None:
     """The `dev` / `start` command line for an agent file: ``cli.run_app(WorkerOptions(...))``."""
     if not isinstance(options, WorkerOptions):
         raise ConfigError(f"run_app expects WorkerOptions, got {type(options).__name__}")
+    if _capturing:
+        raise _Captured(_by_reference(options))
     _app_group(lambda: options).main(args=list(argv) if argv is not None else None)
 
 
+def _by_reference(options: WorkerOptions) -> WorkerOptions:
+    """Entrypoint and prewarm as ``"file.py:function"`` references: the file runs as `__main__` only while
+    its options are captured, so functions are found again by path (job processes import the file)."""
+    changes: dict[str, Any] = {}
+    for name in ("entrypoint_fnc", "prewarm_fnc"):
+        fn = getattr(options, name)
+        if callable(fn):
+            ref = ref_from_callable(fn, name)
+            changes[name] = f"{ref.path or ref.module}:{ref.qualname}"
+    return dataclasses.replace(options, **changes)
+
+
+def _options_of_main(path: Path) -> WorkerOptions | None:
+    """Run the file as `python path` would, up to its `cli.run_app(...)`; the options it passes."""
+    global _capturing
+    _capturing = True
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except _Captured as got:
+        return got.options
+    except (OSError, SyntaxError, ImportError) as exc:
+        raise click.UsageError(f"cannot import {path}: {exc}") from None
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        _capturing = False
+    return None
+
+
 def options_from_file(path: Path) -> WorkerOptions:
-    """A module's `worker_options` (WorkerOptions), or one built from its `entrypoint` (and `prewarm`)."""
+    """The options the file gives: those it passes to `cli.run_app(...)` under `if __name__ ==
+    "__main__":` (the docs' shape), else its `worker_options` (WorkerOptions), else one built from its
+    `entrypoint` (and `prewarm`)."""
     folder = str(path.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)  # as `python agent.py` would: sibling modules import
+    try:
+        source = path.read_text()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read {path}: {exc}") from None
+    if "run_app" in source:
+        captured = _options_of_main(path)
+        if captured is not None:
+            return captured
     try:
         module = load_module_from_path(str(path))
     except (OSError, SyntaxError, ImportError) as exc:
@@ -133,7 +169,8 @@ def options_from_file(path: Path) -> WorkerOptions:
     entrypoint = getattr(module, "entrypoint", None)
     if not callable(entrypoint):
         raise click.UsageError(
-            f"{path} defines neither `worker_options = WorkerOptions(...)` nor `entrypoint`"
+            f"{path} defines neither `worker_options = WorkerOptions(...)` nor `entrypoint`, and does not "
+            f"call `cli.run_app(WorkerOptions(...))` under `if __name__ == \"__main__\":`"
         )
     try:
         return WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=getattr(module, "prewarm", None))
@@ -151,7 +188,6 @@ def worker_command() -> None:
 @_common
 def worker_dev(agent_file: Path, **flags: Any) -> None:
     """Development mode for AGENT_FILE."""
-    _relaunch_light()
     _launch(options_from_file(agent_file), False, flags)
 
 
@@ -160,9 +196,5 @@ def worker_dev(agent_file: Path, **flags: Any) -> None:
 @_common
 def worker_start(agent_file: Path, **flags: Any) -> None:
     """Production mode for AGENT_FILE."""
-    _relaunch_light()
     _launch(options_from_file(agent_file), True, flags)
 
-
-if __name__ == "__main__":
-    worker_command()

@@ -18,6 +18,7 @@ from livekit import api
 from livekit.protocol import agent, models
 
 from ..protocol import ProtocolError, WorkerError, decode_server_message
+from ..protocol.urls import agent_ws_url, websocket_base
 
 log = logging.getLogger("agentdispatch.worker.connection")
 
@@ -27,6 +28,14 @@ HEARTBEAT = 30.0
 
 class ConnectionRefused(WorkerError):
     """The server refused the worker's credentials: retrying cannot help."""
+
+
+class WrongServerUrl(WorkerError):
+    """The URL cannot lead to a dispatch server (TLS against a plain server, no /agent endpoint)."""
+
+
+def _tls_mismatch(exc: BaseException) -> bool:
+    return isinstance(exc, aiohttp.ClientSSLError) and "WRONG_VERSION_NUMBER" in str(exc)
 
 
 @dataclass(frozen=True)
@@ -46,11 +55,17 @@ class ConnectionSettings:
 
     @property
     def agent_url(self) -> str:
-        base = self.url.rstrip("/")
-        for http, ws in (("http://", "ws://"), ("https://", "wss://")):
-            if base.startswith(http):
-                base = ws + base[len(http) :]
-        return base + "/agent"
+        return agent_ws_url(self.url)
+
+    @property
+    def server_url(self) -> str:
+        return websocket_base(self.url)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost OS reason of a connection failure, e.g. "Connection refused"."""
+    inner = getattr(exc, "os_error", None) or exc
+    return getattr(inner, "strerror", None) or str(inner) or type(inner).__name__
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -97,13 +112,20 @@ class WorkerConnection:
                     await self._serve(session)
                     failure = "server closed the connection"
                 except aiohttp.WSServerHandshakeError as exc:
-                    if exc.status in (401, 403):
-                        raise ConnectionRefused(
-                            f"{self._s.agent_url} refused the worker ({exc.status}): check api_key/api_secret"
-                        ) from None
+                    self._refuse(exc)
                     failure = f"handshake failed: {exc.status} {exc.message}"
                 except RETRYABLE as exc:
+                    if _tls_mismatch(exc):
+                        raise self._plain_server() from None
                     failure = f"{type(exc).__name__}: {exc}"
+                    if self.registrations == 0 and self._failures == 0:
+                        log.error(
+                            "cannot reach the server at %s (%s): is `agentdispatch server` running at %s? "
+                            "Retrying with backoff",
+                            self._s.server_url,
+                            _reason(exc),
+                            self._s.server_url,
+                        )
                 finally:
                     self._ws = None
                     if self.worker_id:
@@ -112,6 +134,23 @@ class WorkerConnection:
                 if self._closing:
                     return
                 await self._backoff(failure)
+
+    def _plain_server(self) -> WrongServerUrl:
+        url = self._s.server_url
+        plain = "ws://" + url.removeprefix("wss://")
+        return WrongServerUrl(f"the server at {url} speaks plain ws://, not wss://: use --url {plain}")
+
+    def _refuse(self, exc: aiohttp.WSServerHandshakeError) -> None:
+        """Handshake answers that retrying cannot change."""
+        if exc.status in (401, 403):
+            raise ConnectionRefused(
+                f"{self._s.agent_url} refused the worker ({exc.status}): check api_key/api_secret"
+            ) from None
+        if exc.status == 404 and self.registrations == 0:
+            raise WrongServerUrl(
+                f"{self._s.agent_url} answered 404: not a dispatch server's agent endpoint; "
+                f"give the server's base URL, e.g. --url ws://localhost:7880"
+            ) from None
 
     async def _backoff(self, failure: str) -> None:
         if self._failures >= self._s.max_retry:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from ..protocol import WorkerError
 
 log = logging.getLogger("agentdispatch.worker.http")
 
@@ -68,7 +71,18 @@ class HttpServer:
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host or None, self._port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            if exc.errno == errno.EADDRINUSE:
+                where = f"{self._host or '0.0.0.0'}:{self._port}"
+                raise WorkerError(
+                    f"the worker's HTTP port {where} is in use (another worker on this host?): "
+                    f"pass --port N (WorkerOptions(port=N)), or --port 0 for a free port"
+                ) from None
+            raise WorkerError(f"the worker's HTTP server cannot listen on {self._port}: {exc}") from None
         log.info("worker HTTP server listening", extra={"url": self.url})
 
     @property

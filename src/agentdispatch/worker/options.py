@@ -180,6 +180,7 @@ class WorkerOptions:
         if missing:
             raise ConfigError(f"production workers need {', '.join(missing)}")
         _check_url(url)
+        url = server_base_url(url)
         idle = pick.value("num_idle_processes", self.num_idle_processes)
         if idle is None:
             idle = min(math.ceil(container_cpu_count()), 4)
@@ -220,6 +221,19 @@ class WorkerOptions:
             max_retry=self.max_retry,
             multiprocessing_context=self.multiprocessing_context,
         )
+
+
+ENDPOINT_SUFFIXES = ("/agent", "/twirp")
+
+
+def server_base_url(url: str) -> str:
+    """The server's base URL: a copied endpoint URL (`ws://host/agent`, `http://host/twirp`) is accepted
+    and its endpoint path dropped."""
+    base = url.rstrip("/")
+    for suffix in ENDPOINT_SUFFIXES:
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,7 @@ class Worker:
     async def _connect(self) -> None:
         try:
             await self.conn.run()
-        except WorkerError as exc:
-            log.error("%s", exc)
+        except WorkerError as exc:  # serve() logs it (one line) and exits non-zero
             self._fatal = exc
             self._stopped.set()
 

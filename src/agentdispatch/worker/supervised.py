@@ -439,17 +439,19 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 
 
 def _reemit(entry: LogEntry, extra: dict[str, Any]) -> None:
+    """A job process's log record, logged here with job_id and pid. A traceback travels as text and is
+    appended to the message, so every formatter prints it (the worker's terminal shows the job's crash)."""
     logger = logging.getLogger(entry.name)
     if not logger.isEnabledFor(entry.levelno):
         return
+    message = f"{entry.message}\n{entry.exc_text}" if entry.exc_text else entry.message
     record = logging.makeLogRecord(
         {
             "name": entry.name,
             "levelno": entry.levelno,
             "levelname": logging.getLevelName(entry.levelno),
-            "msg": entry.message,
+            "msg": message,
             "created": entry.created,
-            "exc_text": entry.exc_text or None,
             **entry.extra,
             **extra,
         }
