@@ -23,7 +23,7 @@ AGENT = HERE / "cli_agent.py"
 CONSOLE = Path(sys.executable).parent / "agentdispatch"
 CREDENTIALS = ("--api-key", "devkey", "--api-secret", "secret")
 
-DOCS_SHAPE = '''
+DOCS_SHAPE = """
 from agentdispatch import JobContext, WorkerOptions, cli
 
 
@@ -33,7 +33,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
 if __name__ == "__main__":
     cli.run_app(WorkerOptions(entrypoint_fnc=entrypoint, agent_name="my-agent", num_idle_processes=1))
-'''
+"""
 
 
 def free_port() -> int:
@@ -114,7 +114,14 @@ async def test_worker_dev_honours_the_options_the_file_passes_to_run_app(
     agent_file.write_text(DOCS_SHAPE)
     port = free_port()
     worker = await running(  # type: ignore[operator]
-        str(CONSOLE), "worker", "dev", str(agent_file), "--url", server.ws_url, "--port", str(port),
+        str(CONSOLE),
+        "worker",
+        "dev",
+        str(agent_file),
+        "--url",
+        server.ws_url,
+        "--port",
+        str(port),
         cwd=tmp_path,
     )
     await worker.wait_for("worker registered")

@@ -170,7 +170,7 @@ def options_from_file(path: Path) -> WorkerOptions:
     if not callable(entrypoint):
         raise click.UsageError(
             f"{path} defines neither `worker_options = WorkerOptions(...)` nor `entrypoint`, and does not "
-            f"call `cli.run_app(WorkerOptions(...))` under `if __name__ == \"__main__\":`"
+            f'call `cli.run_app(WorkerOptions(...))` under `if __name__ == "__main__":`'
         )
     try:
         return WorkerOptions(entrypoint_fnc=entrypoint, prewarm_fnc=getattr(module, "prewarm", None))
@@ -197,4 +197,3 @@ def worker_dev(agent_file: Path, **flags: Any) -> None:
 def worker_start(agent_file: Path, **flags: Any) -> None:
     """Production mode for AGENT_FILE."""
     _launch(options_from_file(agent_file), True, flags)
-
