@@ -7,7 +7,7 @@ Audio rides on the presence connection as `data` messages on reserved topics (do
     room = await ctx.connect()
     audio = RoomAudio(room)
     caller = await room.wait_for_participant()
-    async for frame in audio.frames(caller.identity):
+    async for frame in audio.stream(caller.identity):
         await audio.send(frame.pcm, to=caller.identity)
 """
 
@@ -19,7 +19,7 @@ import binascii
 import json
 import math
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,18 +90,21 @@ class RoomAudio:
         self._dtmf_handlers.append(handler)
         return handler
 
-    async def frames(self, identity: str | None = None) -> AsyncIterator[AudioFrame]:
-        """Audio frames as they arrive (from `identity`, or anyone); ends when the room connection closes."""
-        queue: asyncio.Queue[AudioFrame | None] = asyncio.Queue(QUEUE_FRAMES)
-        entry = (identity, queue)
+    def stream(self, identity: str | None = None) -> AudioStream:
+        """Start buffering frames from `identity` (or anyone) now; iterate the stream to read them."""
+        return AudioStream(self, identity)
+
+    def frames(self, identity: str | None = None) -> AudioStream:
+        """Audio frames as they arrive from now on (from `identity`, or anyone), until the room closes."""
+        return self.stream(identity)
+
+    def _attach(self, entry: tuple[str | None, asyncio.Queue[AudioFrame | None]]) -> None:
         self._queues.append(entry)
-        try:
-            while not self._room.disconnected.is_set() or not queue.empty():
-                frame = await queue.get()
-                if frame is None:
-                    return
-                yield frame
-        finally:
+        if self._room.disconnected.is_set():
+            entry[1].put_nowait(None)
+
+    def _detach(self, entry: tuple[str | None, asyncio.Queue[AudioFrame | None]]) -> None:
+        if entry in self._queues:
             self._queues.remove(entry)
 
     async def send(self, pcm: bytes, *, to: str | None = None) -> None:
@@ -133,3 +136,26 @@ def tone(frequency: float, seconds: float, amplitude: float = 0.3) -> bytes:
     peak = int(32767 * max(0.0, min(amplitude, 1.0)))
     samples = (int(peak * math.sin(2 * math.pi * frequency * i / SAMPLE_RATE)) for i in range(n))
     return struct.pack(f"<{n}h", *samples)
+
+
+class AudioStream:
+    """Frames of one participant (or all), buffered from creation; `async for frame in stream`."""
+
+    def __init__(self, audio: RoomAudio, identity: str | None) -> None:
+        self._audio = audio
+        self._queue: asyncio.Queue[AudioFrame | None] = asyncio.Queue(QUEUE_FRAMES)
+        self._entry = (identity, self._queue)
+        audio._attach(self._entry)
+
+    def __aiter__(self) -> AudioStream:
+        return self
+
+    async def __anext__(self) -> AudioFrame:
+        frame = await self._queue.get()
+        if frame is None:
+            self.close()
+            raise StopAsyncIteration
+        return frame
+
+    def close(self) -> None:
+        self._audio._detach(self._entry)

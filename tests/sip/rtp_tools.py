@@ -1,0 +1,78 @@
+"""G.711 test audio: a pcap of PCMU RTP for sipp to play, and a UDP sink that records what comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiortp
+
+FRAME = 160  # samples per 20 ms at 8 kHz
+
+
+def tone_frames(frames: int) -> list[bytes]:
+    """PCMU payloads of a tone that changes pitch every frame, so each frame is recognisable."""
+    codec = aiortp.get_codec(0)
+    out = []
+    for f in range(frames):
+        freq = 300 + 17 * f
+        pcm = struct.pack(
+            f"<{FRAME}h",
+            *(int(9000 * math.sin(2 * math.pi * freq * (f * FRAME + i) / 8000)) for i in range(FRAME)),
+        )
+        out.append(codec.encode(pcm))
+    return out
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def write_pcap(path: Path, payloads: list[bytes], ssrc: int = 0x1234ABCD) -> None:
+    """Ethernet/IPv4/UDP/RTP packets 20 ms apart (sipp rewrites addresses and ports when it plays them)."""
+    records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for seq, payload in enumerate(payloads):
+        rtp = struct.pack("!BBHII", 0x80, 0, seq, seq * FRAME, ssrc) + payload
+        udp = struct.pack("!HHHH", 40000, 40002, 8 + len(rtp), 0) + rtp
+        ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), seq, 0, 64, 17, 0,
+                                bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))  # fmt: skip
+        ip_header = ip_header[:10] + struct.pack("!H", _checksum(ip_header)) + ip_header[12:]
+        frame = b"\0" * 12 + b"\x08\x00" + ip_header + udp
+        usec = seq * 20_000
+        records.append(struct.pack("<IIII", usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)))
+        records.append(frame)
+    path.write_bytes(b"".join(records))
+
+
+@dataclass
+class RtpSink(asyncio.DatagramProtocol):
+    """Records RTP packets (payload type, payload) sent to its port."""
+
+    packets: list[tuple[int, bytes]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) > 12 and data[0] >> 6 == 2:
+            self.packets.append((data[1] & 0x7F, data[12:]))
+            self.changed.set()
+
+
+async def open_sink() -> tuple[asyncio.DatagramTransport, RtpSink, int]:
+    loop = asyncio.get_running_loop()
+    transport, sink = await loop.create_datagram_endpoint(RtpSink, local_addr=("127.0.0.1", 0))
+    return transport, sink, int(transport.get_extra_info("sockname")[1])
+
+
+def matching(sent: list[bytes], received: list[bytes]) -> int:
+    """How many sent payloads came back byte for byte."""
+    back = set(received)
+    return sum(1 for p in sent if p in back)

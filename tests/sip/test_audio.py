@@ -1,0 +1,55 @@
+"""Audio both ways: sipp plays G.711 RTP, the example echo agent sends it back, the test measures it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from livekit.protocol import agent_dispatch, sip
+from livekit.protocol import room as lk_room
+from rtp_tools import matching, open_sink, tone_frames, write_pcap
+
+from agentdispatch.bench.sip.scenarios import CallScenario
+from agentdispatch.bench.sip.sipp import run_sipp
+from conftest import EXAMPLE, SipRig, wait_until
+
+FRAMES = 100  # 2 s of audio
+
+
+async def test_caller_audio_reaches_the_agent_and_its_echo_comes_back(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    await start_worker(agent_name="sip-echo", entrypoint_fnc=f"{EXAMPLE}:entrypoint")
+    rig.gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="t"))
+    rig.gateway.directory.add_rule(
+        sip.SIPDispatchRuleInfo(
+            rule=sip.SIPDispatchRule(
+                dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="echo-")
+            ),
+            room_config=lk_room.RoomConfiguration(
+                agents=[agent_dispatch.RoomAgentDispatch(agent_name="sip-echo")]
+            ),
+        )
+    )
+    sent = tone_frames(FRAMES)
+    pcap = tmp_path / "caller.pcap"
+    write_pcap(pcap, sent)
+    transport, sink, port = await open_sink()
+    try:
+        scenario = CallScenario(hold_ms=3500, pcap=str(pcap), media_port=str(port), payloads="0")
+        run = await run_sipp(sipp_bin, scenario, rig.target, tmp_path / "s")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+        await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
+    finally:
+        transport.close()
+    rec = rig.gateway.history[-1]
+    received = [payload for pt, payload in sink.packets if pt == 0]
+    echoed = matching(sent, received)
+    print(
+        f"\nRTP: sent {FRAMES} frames, gateway relayed {rec.rtp_in} to the room and {rec.rtp_out} to the"
+        f" caller; {len(received)} PCMU packets came back, {echoed} of the sent frames byte-exact"
+    )
+    assert rec.rtp_in >= FRAMES - 5  # every frame reached the room (the jitter buffer may hold the last few)
+    # the greeting (0.6 s = 30 frames) plus the echo came back as PCMU
+    assert len(received) >= 30 + FRAMES * 0.9
+    assert echoed >= FRAMES * 0.9
