@@ -18,6 +18,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from ..protocol import Encoding, encode, ids
+from ..protocol.limits import MAX_FRAME_BYTES
 from ..protocol.urls import agent_ws_url
 from .simworker import SimWorker, SimWorkerOptions
 
@@ -132,7 +133,7 @@ async def _fuzz_agent(
     async with http.ws_connect(ws_url, headers=headers, max_msg_size=0) as ws:
         rep.connections += 1
         try:
-            await ws.send_bytes(b"\x0a" + b"\xff" * (3 * 1024 * 1024))
+            await ws.send_bytes(b"\x0a" + b"\xff" * (MAX_FRAME_BYTES + 1024 * 1024))
             await ws.receive(timeout=10)
         except (ConnectionError, RuntimeError):
             pass
