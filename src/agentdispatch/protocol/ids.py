@@ -5,6 +5,7 @@ Use the helpers (`new_job_id()`, ...) rather than `new_id(<literal>)`, so every 
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import string
@@ -32,44 +33,17 @@ def new_id(prefix: str, length: int = 12) -> str:
     return prefix + "".join(_RNG.choices(_ALPHABET, k=length))
 
 
-def new_worker_id() -> str:
-    return new_id(WORKER)
-
-
-def new_job_id() -> str:
-    return new_id(JOB)
-
-
-def new_dispatch_id() -> str:
-    return new_id(DISPATCH)
-
-
-def new_room_sid() -> str:
-    return new_id(ROOM)
-
-
-def new_participant_sid() -> str:
-    return new_id(PARTICIPANT)
-
-
-def new_node_id() -> str:
-    return new_id(NODE)
-
-
-def new_webhook_event_id() -> str:
-    return new_id(WEBHOOK_EVENT)
-
-
-def new_sip_call_id() -> str:
-    return new_id(SIP_CALL)
-
-
-def new_sip_trunk_id() -> str:
-    return new_id(SIP_TRUNK)
-
-
-def new_sip_dispatch_rule_id() -> str:
-    return new_id(SIP_DISPATCH_RULE)
+# one helper per kind of id, so no caller writes a prefix
+new_worker_id = functools.partial(new_id, WORKER)
+new_job_id = functools.partial(new_id, JOB)
+new_dispatch_id = functools.partial(new_id, DISPATCH)
+new_room_sid = functools.partial(new_id, ROOM)
+new_participant_sid = functools.partial(new_id, PARTICIPANT)
+new_node_id = functools.partial(new_id, NODE)
+new_webhook_event_id = functools.partial(new_id, WEBHOOK_EVENT)
+new_sip_call_id = functools.partial(new_id, SIP_CALL)
+new_sip_trunk_id = functools.partial(new_id, SIP_TRUNK)
+new_sip_dispatch_rule_id = functools.partial(new_id, SIP_DISPATCH_RULE)
 
 
 def reseed_after_fork() -> None:
