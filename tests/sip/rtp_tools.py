@@ -37,11 +37,28 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def write_pcap(path: Path, payloads: list[bytes], ssrc: int = 0x1234ABCD) -> None:
+DTMF_CODES = {str(d): d for d in range(10)} | {"*": 10, "#": 11}
+
+
+def dtmf_packets(digits: str) -> list[tuple[int, bytes, int]]:
+    """RFC 4733 telephone-event packets (pt 101): per digit 3 updates then 3 end packets, one timestamp."""
+    out = []
+    for d, digit in enumerate(digits):
+        ts_frame = 1000 + d * 20  # well after the audio, one event timestamp per digit
+        for step in range(6):
+            end = 0x80 if step >= 3 else 0
+            duration = min(step + 1, 4) * FRAME
+            out.append((101, struct.pack("!BBH", DTMF_CODES[digit], end | 10, duration), ts_frame))
+    return out
+
+
+def write_pcap(path: Path, payloads: list[bytes], ssrc: int = 0x1234ABCD, dtmf: str = "") -> None:
     """Ethernet/IPv4/UDP/RTP packets 20 ms apart (sipp rewrites addresses and ports when it plays them)."""
     records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for seq, payload in enumerate(payloads):
-        rtp = struct.pack("!BBHII", 0x80, 0, seq, seq * FRAME, ssrc) + payload
+    packets = [(0, p, i) for i, p in enumerate(payloads)] + dtmf_packets(dtmf)
+    for seq, (pt, payload, ts_frame) in enumerate(packets):
+        marker = 0x80 if pt == 101 and seq and packets[seq - 1][2] != ts_frame else 0
+        rtp = struct.pack("!BBHII", 0x80, marker | pt, seq, ts_frame * FRAME, ssrc) + payload
         udp = struct.pack("!HHHH", 40000, 40002, 8 + len(rtp), 0) + rtp
         ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), seq, 0, 64, 17, 0,
                                 bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1]))  # fmt: skip

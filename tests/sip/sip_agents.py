@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from agentdispatch import JobContext
-from agentdispatch.worker.child.audio import RoomAudio
+from agentdispatch.worker.child.audio import DtmfEvent, RoomAudio
 
 
 def _record(ctx: JobContext, **data: object) -> None:
@@ -35,3 +35,17 @@ async def entry_end_job(ctx: JobContext) -> None:
     room = await ctx.connect()
     await room.wait_for_participant()
     ctx.shutdown("agent finished")
+
+
+async def entry_dtmf(ctx: JobContext) -> None:
+    """Record the digits the caller presses (RFC 4733 → lk.dtmf events)."""
+    room = await ctx.connect()
+    audio = RoomAudio(room)
+    digits: list[str] = []
+
+    @audio.on_dtmf
+    def on_digit(event: DtmfEvent) -> None:
+        digits.append(event.digit)
+        _record(ctx, digits="".join(digits), sender=event.sender)
+
+    await room.wait_for_participant()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from rtp_tools import matching, open_sink, tone_frames, write_pcap
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
-from conftest import EXAMPLE, SipRig, wait_until
+from conftest import AGENTS, EXAMPLE, SipRig, agent_rule, wait_until
 
 FRAMES = 100  # 2 s of audio
 
@@ -53,3 +54,23 @@ async def test_caller_audio_reaches_the_agent_and_its_echo_comes_back(
     # the greeting (0.6 s = 30 frames) plus the echo came back as PCMU
     assert len(received) >= 30 + FRAMES * 0.9
     assert echoed >= FRAMES * 0.9
+
+
+async def test_dtmf_from_the_caller_reaches_the_agent_as_events(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "digits.json"
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_dtmf")
+    rig.gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="t"))
+    rig.gateway.directory.add_rule(agent_rule("phone", metadata=json.dumps({"out": str(out)})))
+    pcap = tmp_path / "dtmf.pcap"
+    write_pcap(pcap, tone_frames(10), dtmf="5#")
+    transport, _sink, port = await open_sink()
+    try:
+        scenario = CallScenario(hold_ms=2000, pcap=str(pcap), media_port=str(port), payloads="0")
+        run = await run_sipp(sipp_bin, scenario, rig.target, tmp_path / "s")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    finally:
+        transport.close()
+    seen = json.loads(out.read_text())
+    assert seen == {"digits": "5#", "sender": "sip_+15551234"}
