@@ -118,7 +118,7 @@ async def rig(server_config: dict[str, Any], gateway_config: dict[str, Any]) -> 
         **server_config,
     }
     server = DispatchServer(ServerConfig(**cfg))
-    gateway = SipGateway(server, GatewayConfig(port=0, ringing_timeout=3.0, **gateway_config))
+    gateway = SipGateway(server, GatewayConfig(**{"port": 0, "ringing_timeout": 3.0, **gateway_config}))
     server.app.router.add_routes(gateway.routes())
     await server.start()
     await gateway.start()
