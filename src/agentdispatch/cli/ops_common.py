@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,6 +17,9 @@ from google.protobuf.message import Message
 from .output import stdout_console
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# PyJWT warns on secrets under 32 bytes (LiveKit's dev secret is "secret"); the server decides what it accepts
+warnings.filterwarnings("ignore", message="The HMAC key is")
 DEFAULT_URL = "http://127.0.0.1:7880"
 
 

@@ -21,11 +21,23 @@ def dispatch_group() -> None:
 @click.option("--room", required=True, help="Room name (created if missing).")
 @click.option("--agent-name", required=True, help="Agent to dispatch.")
 @click.option("--metadata", default="", help="Job metadata passed to the agent.")
-def dispatch_create(conn: Conn, room: str, agent_name: str, metadata: str) -> None:
+@click.option(
+    "--restart-policy",
+    type=click.Choice(["on-failure", "never"]),
+    default="on-failure",
+    show_default=True,
+    help="Offer a failed or lost job again, or end it.",
+)
+def dispatch_create(conn: Conn, room: str, agent_name: str, metadata: str, restart_policy: str) -> None:
     """Dispatch an agent to a room."""
     from livekit import api
 
-    req = api.CreateAgentDispatchRequest(room=room, agent_name=agent_name, metadata=metadata)
+    policy = (
+        api.JobRestartPolicy.JRP_NEVER if restart_policy == "never" else api.JobRestartPolicy.JRP_ON_FAILURE
+    )
+    req = api.CreateAgentDispatchRequest(
+        room=room, agent_name=agent_name, metadata=metadata, restart_policy=policy
+    )
     d = twirp_call(conn, lambda lk: lk.agent_dispatch.create_dispatch(req))
     if conn.json:
         print_json(to_dict(d))

@@ -90,6 +90,7 @@ async def _follow(conn: Conn, count: int) -> None:
     ):
         if resp.status != 200:
             raise click.ClickException(f"/admin/events: HTTP {resp.status}: {(await resp.text()).strip()}")
+        click.echo(f"following events of {conn.http_url} (Ctrl-C to stop)", err=True)
         kind = ""
         async for raw in resp.content:
             line = raw.decode().rstrip("\n")
