@@ -120,7 +120,9 @@ class JobManager:
         proc = rj.proc
         if proc is None:
             raise WorkerError(f"job {rj.id} launched without a process")
-        if await proc.wait_started():
+        started = await proc.wait_started()
+        self._pool.refill()  # now: the next process is forked once this job no longer competes for CPU
+        if started:
             rj.status = JS_RUNNING
             log.info("job running", extra={**extra, "pid": proc.pid})
             await self._report(agent.UpdateJobStatus(job_id=rj.id, status=JS_RUNNING))

@@ -112,13 +112,19 @@ class ProcPool:
             await self._idle_changed.wait()
 
     def acquire_nowait(self) -> SupervisedProc | None:
-        """An idle prewarmed process, or None (lets a job start without an event-loop hop)."""
+        """An idle prewarmed process, or None (lets a job start without an event-loop hop).
+
+        The replacement is not started here: call `refill()` once the job is running, so that forking and
+        prewarming the next process does not compete for the CPU with the job that is starting."""
         while self._idle:
             proc = self._idle.popleft()
             if not proc.exited:
-                self._wake.set()
                 return proc
         return None
+
+    def refill(self) -> None:
+        """Top the idle pool up again (after a job took a process)."""
+        self._wake.set()
 
     async def acquire(self) -> SupervisedProc:
         """A prewarmed process for a job: an idle one now, else the next to finish prewarm."""

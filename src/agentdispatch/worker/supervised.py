@@ -299,12 +299,16 @@ class SupervisedProc:
 
     # -- memory --------------------------------------------------------------------------------------
     async def _watch_memory(self) -> None:
+        """Sample every memory_interval, the first one after an interval (not on the job start path: a
+        sample walks /proc for the process tree)."""
         while not self.exited and self._ps is not None:
+            await asyncio.sleep(self._settings.memory_interval)
+            if self.exited:
+                break
             used, descendants = tree_memory_mb(self._ps)
             for p in descendants:
                 self._tree.setdefault(p.pid, p)
             self._check_memory(used)
-            await asyncio.sleep(self._settings.memory_interval)
 
     def _check_memory(self, used: float) -> None:
         """Warn once over job_memory_warn_mb (also when the same sample is over the limit), then stop the

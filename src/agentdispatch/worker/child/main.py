@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import inspect
 import logging
 import os
@@ -263,6 +264,7 @@ def main(conn: Connection, config: ChildConfig) -> None:
         _exit(1)
     loop = asyncio.new_event_loop()  # created now, not on the job start path
     asyncio.set_event_loop(loop)
+    gc.freeze()  # what prewarm built is never traversed by a collection on the job start path
     _report_init(channel, InitDone(), config.parent_pid)
     msg = inbox.get()
     if isinstance(msg, StartJob):
