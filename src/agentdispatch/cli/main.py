@@ -45,6 +45,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "token": LazyCommand(
         "agentdispatch.cli.ops_token:token_group", "Mint access tokens, like `lk token create`."
     ),
+    "sip": LazyCommand(
+        "agentdispatch.cli.sip_cmd:sip_command", "Run the dispatch server with the SIP gateway."
+    ),
 }
 
 #: `agentdispatch bench <name>`: one line per shipped benchmark
