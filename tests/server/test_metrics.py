@@ -76,7 +76,7 @@ async def test_waiting_jobs_then_stage_latency_once_a_worker_takes_them(harness:
     assert value(text, "agentdispatch_offers_total", agent_name="metered", result="accepted") == 2
     assert value(text, "agentdispatch_workers", agent_name="metered", state="available") == 1
     assert value(text, "agentdispatch_workers_registered_total", agent_name="metered") == 1
-    assert value(text, "agentdispatch_worker_load_bucket", agent_name="metered", le="+Inf") == 1
+    assert value(text, "agentdispatch_fleet_worker_load_bucket", agent_name="metered", le="+Inf") == 1
     assert value(text, "agentdispatch_server_info", node=harness.server.node_id) == 1
 
 

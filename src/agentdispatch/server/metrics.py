@@ -240,7 +240,7 @@ class _FleetCollector(Collector):
                 by_state.add_metric([name, state], counts.get((name, state), 0))
         yield by_state
         load = GaugeHistogramMetricFamily(
-            "agentdispatch_worker_load", "Workers by last reported load.", labels=["agent_name"]
+            "agentdispatch_fleet_worker_load", "Workers by last reported load.", labels=["agent_name"]
         )
         for name in sorted({w.agent_name for w in workers}):
             loads = [w.load for w in workers if w.agent_name == name]
