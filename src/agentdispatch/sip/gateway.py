@@ -9,6 +9,7 @@ management is the Twirp `livekit.SIP` service mounted on the server's HTTP port 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -100,11 +101,22 @@ class SipGateway:
     async def start(self) -> None:
         """Bind; the dispatch server must already be listening (calls join rooms over its presence URL)."""
         self._env = self._call_env()
-        udp = GatewayUdpTransport(local_addr=(self.config.host, self.config.port))
-        await self._start_uas(udp)
-        self.port = udp.local_addr[1]  # the port actually bound (config.port may be 0)
-        if self.config.tcp:
-            await self._start_uas(GatewayTcpTransport(local_addr=(self.config.host, self.port)))
+        for attempt in range(20):
+            udp = GatewayUdpTransport(local_addr=(self.config.host, self.config.port))
+            await self._start_uas(udp)
+            self.port = udp.local_addr[1]  # the port actually bound (config.port may be 0)
+            if not self.config.tcp:
+                break
+            try:
+                await self._start_uas(GatewayTcpTransport(local_addr=(self.config.host, self.port)))
+                break
+            except OSError as exc:
+                # a free UDP port whose TCP twin is taken: with port 0, try another one
+                for uas in self._uas:
+                    await uas.stop()
+                self._uas.clear()
+                if self.config.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
         log.info("SIP gateway listening", extra={"host": self.config.host, "port": self.port})
 
     async def _start_uas(self, transport: SipTransport) -> None:

@@ -1,0 +1,181 @@
+"""`agentdispatch bench sip`: sipp places calls at a rate against the gateway; real workers answer them.
+
+One process runs the dispatch server and the SIP gateway (as `agentdispatch sip` does); the workers are
+separate processes running `agents/answer_agent.py`; sipp is the caller. Post-dial delay is measured by
+sipp itself (wall clock at the INVITE, the 180 and the 200), per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from livekit.protocol import agent_dispatch, room, sip
+
+from ...protocol import ConfigError
+from ...server import DispatchServer, ServerConfig
+from ...sip import GatewayConfig, SipGateway
+from ...testing.serverproc import HarnessError
+from ..common.stats import environment, summarize_ms
+from .scenarios import CallScenario
+from .sipp import SippRun, find_sipp, run_sipp
+
+AGENT = Path(__file__).parent / "agents" / "answer_agent.py"
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SipBenchSettings:
+    calls: int = 300
+    rate: float = 10.0  # new calls per second
+    concurrent: int = 100  # sipp's limit of simultaneous calls
+    hold: float = 10.0  # seconds each answered call lasts (caller BYE)
+    warmup: int = 5  # unmeasured calls first (warm pool)
+    workers: int = 2
+    idle: int = 4  # num_idle_processes per worker
+    ringing_timeout: float = 30.0
+    transport: str = "udp"
+
+    def __post_init__(self) -> None:
+        if self.calls < 1 or self.rate <= 0 or self.concurrent < 1 or self.workers < 1 or self.idle < 0:
+            raise ConfigError("calls, rate, concurrent, workers must be positive; idle >= 0")
+        if self.hold < 0 or self.warmup < 0 or self.ringing_timeout <= 0:
+            raise ConfigError("hold, warmup >= 0 and ringing_timeout > 0")
+        if self.transport not in ("udp", "tcp"):
+            raise ConfigError("transport is udp or tcp")
+
+
+def default_json_path(now: float) -> Path:
+    import time
+
+    return Path("bench/results") / f"sip-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.json"
+
+
+def _start_workers(settings: SipBenchSettings, url: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "LIVEKIT_URL": url,
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "secret",
+        "BENCH_SIP_IDLE": str(settings.idle),
+    }
+    procs = []
+    for i in range(settings.workers):
+        log = (workdir / f"worker-{i}.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(AGENT), "dev"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+    return procs
+
+
+def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def summarize(run: SippRun, calls: int) -> dict[str, Any]:
+    traces = list(run.calls.values())
+    statuses = Counter(t.status for t in traces)
+    ringing = [d for t in traces if (d := t.delay("ringing")) is not None]
+    answered = [d for t in traces if t.status == 200 and (d := t.delay("answered")) is not None]
+    failed = [d for t in traces if t.status not in (0, 200) and (d := t.delay("final")) is not None]
+    return {
+        "calls": calls,
+        "seen_by_sipp": len(traces),
+        "answered": statuses.get(200, 0),
+        "by_status": {str(k or "no answer"): v for k, v in sorted(statuses.items())},
+        "invite_to_180_ms": summarize_ms(ringing),
+        "invite_to_200_ms": summarize_ms(answered),
+        "invite_to_final_error_ms": summarize_ms(failed),
+        "sipp_exit_code": run.returncode,
+    }
+
+
+async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: Log) -> dict[str, Any]:
+    server = DispatchServer(ServerConfig(port=0, dispatch_deadline=settings.ringing_timeout + 5))
+    gateway = SipGateway(server, GatewayConfig(port=0, ringing_timeout=settings.ringing_timeout))
+    gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="bench"))
+    gateway.directory.add_rule(
+        sip.SIPDispatchRuleInfo(
+            rule=sip.SIPDispatchRule(
+                dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="b-")
+            ),
+            room_config=room.RoomConfiguration(
+                agents=[agent_dispatch.RoomAgentDispatch(agent_name="bench-sip")]
+            ),
+        )
+    )
+    server.app.router.add_routes(gateway.routes())
+    await server.start()
+    await gateway.start()
+    target = f"127.0.0.1:{gateway.port}"
+    procs = _start_workers(settings, server.ws_url, workdir)
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 60
+        while len(list(server.registry)) < settings.workers:
+            if loop.time() > end or any(p.poll() is not None for p in procs):
+                raise HarnessError(f"workers did not register; see {workdir}/worker-*.log")
+            await asyncio.sleep(0.1)
+        transport = "u1" if settings.transport == "udp" else "t1"
+        if settings.warmup:
+            log(f"warm-up: {settings.warmup} calls")
+            await run_sipp(sipp_bin, CallScenario(hold_ms=200), target, workdir / "warmup",
+                           calls=settings.warmup, rate=settings.rate, limit=settings.concurrent,
+                           transport=transport)  # fmt: skip
+        duration = settings.calls / settings.rate + settings.hold + settings.ringing_timeout
+        log(f"measuring: {settings.calls} calls at {settings.rate:g}/s, {settings.hold:g} s each")
+        run = await run_sipp(
+            sipp_bin, CallScenario(hold_ms=int(settings.hold * 1000)), target, workdir / "measure",
+            calls=settings.calls, rate=settings.rate, limit=settings.concurrent, transport=transport,
+            timeout=duration + 60,
+        )  # fmt: skip
+        gateway_status = {str(k): v for k, v in sorted(gateway.statistics().by_status.items())}
+    finally:
+        _stop_workers(procs)
+        await gateway.aclose()
+        await server.aclose()
+    result = {
+        "benchmark": "sip",
+        "settings": asdict(settings),
+        "environment": environment(),
+        **summarize(run, settings.calls),
+        "gateway_final_status": gateway_status,  # the gateway's view, warm-up calls included
+    }
+    return result
+
+
+def run_sip_bench(
+    settings: SipBenchSettings, log: Log = print, workdir: Path | None = None
+) -> dict[str, Any]:
+    sipp_bin = find_sipp()
+    if sipp_bin is None:
+        raise HarnessError("sipp not found: apt-get install sip-tester")
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_bench(settings, sipp_bin, workdir, log))
+    with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
+        return asyncio.run(_bench(settings, sipp_bin, Path(tmp), log))

@@ -1,0 +1,32 @@
+"""The printed table of `bench sip`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from ..common.report import fmt_num
+
+
+def sip_table(result: dict[str, Any]) -> Table:
+    s = result["settings"]
+    title = (
+        f"bench sip: {s['calls']} calls at {s['rate']:g}/s, up to {s['concurrent']} at once, "
+        f"{s['hold']:g} s each, {s['workers']} worker(s) over {s['transport'].upper()}"
+    )
+    table = Table(title=title)
+    for col in ("measure", "n", "p50", "p99", "max"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for label, key in (
+        ("INVITE -> 180 Ringing", "invite_to_180_ms"),
+        ("INVITE -> 200 OK (post-dial delay)", "invite_to_200_ms"),
+        ("INVITE -> final error", "invite_to_final_error_ms"),
+    ):
+        row = result[key]
+        table.add_row(
+            label, str(row.get("n", 0)), *(fmt_num(row.get(q), " ms", 1) for q in ("p50", "p99", "max"))
+        )
+    codes = ", ".join(f"{code}: {n}" for code, n in result["by_status"].items())
+    table.caption = f"answered {result['answered']}/{result['calls']}; final codes seen by sipp: {codes}"
+    return table
