@@ -61,7 +61,8 @@ class DispatchServer:
             status_stale_after=config.status_stale_after,
         )
         self.registry = WorkerRegistry(rules, clock, random.Random(), self.node_id)
-        self.dispatcher = Dispatcher(config, self.store, self.registry, self.keys.first, self.events, clock)
+        self._starters: list[Callable[[], Awaitable[None]]] = []
+        self.dispatcher = self._make_dispatcher()
         self.rooms = RoomManager(config, self.store, self.registry, self.dispatcher, self.events, clock)
         self.fleet = FleetView(self.registry, self.dispatcher, clock)
         self.presence = PresenceHub(self.keys, self.rooms)
@@ -70,12 +71,23 @@ class DispatchServer:
             AgentEndpointDeps(config, self.keys, self.dispatcher, self.node_id, self.version, clock)
         )
         self.twirp = TwirpServices(self.keys, self.rooms, self.store, config.body_timeout, clock)
-        self.ops = Operations(config, self.events, self.keys, clock, self.node_id, self.version)
+        self.ops = Operations(config, self.events, self.keys, clock, self.node_id, self.version, self.fleet)
         self._guard: ConnectionGuard | None = None
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._closed = False
         self.app = self._build_app()
+
+    def _make_dispatcher(self) -> Dispatcher:
+        """Cluster mode (a Redis store) places and hands off jobs cluster-wide (docs/cluster.md)."""
+        args = (self.config, self.store, self.registry, self.keys.first, self.events, self.clock)
+        if not self.config.redis_url:
+            return Dispatcher(*args)
+        from .cluster_dispatch import ClusteredDispatcher  # redis-py only in cluster mode
+
+        clustered = ClusteredDispatcher(*args, node_id=self.node_id)
+        self._starters.append(clustered.start)
+        return clustered
 
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_frame_bytes, middlewares=[self._guarded])
@@ -134,6 +146,8 @@ class DispatchServer:
         self._site = GuardedSite(self._runner, self.config.host, self.config.port, self._guard)
         await self._site.start()
         self._guard.start()
+        for start_part in self._starters:
+            await start_part()
         log.info(
             "dispatch server listening",
             extra={

@@ -136,6 +136,13 @@ class ClusterNode:
                 self._acks.append(held)
                 self._publish_wakeup.set()
 
+    def release(self, job_id: str) -> None:
+        """This node no longer holds the job (moved on with a new hand-off): acknowledge its entry."""
+        held = self._unacked.pop(job_id, None)
+        if held is not None:
+            self._acks.append(held)
+            self._publish_wakeup.set()
+
     # -- placement -----------------------------------------------------------------------------
     async def route(self, job: agent.Job, deadline: float | None = None, resuming: bool = False) -> str:
         """Hand a stored job to the node of the best worker cluster-wide; returns that node's id."""

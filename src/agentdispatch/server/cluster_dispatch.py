@@ -1,0 +1,154 @@
+"""The dispatcher in cluster mode: the one lifecycle owner, with placement and hand-offs cluster-wide.
+
+`ClusteredDispatcher` is the Dispatcher with four seams filled in (everything else is unchanged):
+
+- `submit` stores the job and routes it (ClusterNode.route) to the node of the best worker of the
+  whole cluster, instead of placing it among this node's workers only;
+- `take` (Host) is where a hand-off arrives: the job is admitted and placed here as usual;
+- `end_job` also relays the termination to the node holding the job's worker;
+- a rebalance loop moves jobs waiting in this node's queue to a node that has an eligible worker for
+  them (a worker registered elsewhere after the job was queued here).
+It also republishes a worker's summary when one of its jobs is assigned or ends, so the cluster sees
+projections move between status reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from livekit.protocol import agent
+
+from ..protocol.errors import ConfigError
+from ..protocol.tokens import KeyPair
+from ..util import SYSTEM_CLOCK, Clock, TaskSet
+from .cluster import REDIS_DOWN, ClusterNode, ClusterOptions
+from .config import ServerConfig
+from .dispatcher import ENDED, Dispatcher
+from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind
+from .registry import WorkerRegistry
+from .store import Store
+from .store_redis import RedisStore
+
+log = logging.getLogger("agentdispatch.server.cluster")
+
+JS_PENDING = agent.JobStatus.JS_PENDING
+_TOUCHES_LOAD = (JobEventKind.ASSIGNED, JobEventKind.ENDED, JobEventKind.MIGRATED, JobEventKind.OFFERED)
+REBALANCE_INTERVAL = 0.25
+
+
+class ClusteredDispatcher(Dispatcher):
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        registry: WorkerRegistry,
+        keys: KeyPair,
+        events: EventBus,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        node_id: str,
+        url: str = "",
+    ) -> None:
+        if not isinstance(store, RedisStore):
+            raise ConfigError("cluster mode needs the Redis store (--redis URL)")
+        super().__init__(config, store, registry, keys, events, clock)
+        options = ClusterOptions(node_id=node_id, url=url, per_job_load=config.per_job_load)
+        self.cluster = ClusterNode(store, options, self)
+        events.subscribe(self.cluster.on_event)
+        events.subscribe(self._republish)
+        self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
+
+    async def start(self) -> None:
+        await self.cluster.start()
+        self._cluster_tasks.spawn(self._rebalance_loop(), "rebalance")
+
+    async def aclose(self) -> None:
+        await self._cluster_tasks.aclose()
+        await self.cluster.aclose()
+        await super().aclose()
+
+    # -- the seams ---------------------------------------------------------------------------------
+    async def submit(self, job: agent.Job, deadline: float | None = None) -> None:
+        """Store a new job, then hand it to the node of the cluster's best worker (maybe this one)."""
+        self.check_capacity(1, job.ByteSize())
+        job.state.status = JS_PENDING
+        job.state.updated_at = self._clock.wall_ns()
+        await self._store.add_job(job)
+        wait = self._config.dispatch_deadline if deadline is None else deadline
+        await self.cluster.route(job, wait)
+
+    async def take(self, job: agent.Job, deadline: float | None, resuming: bool, prefer: str) -> None:
+        if self.is_pending(job.id):
+            return  # a repeated hand-off (redelivery after a restart): already waiting here
+        pj = await self._admit(job, deadline, resuming, new=False)
+        self._place(pj)
+
+    async def terminate(self, job_id: str, worker_id: str) -> None:
+        worker = self._registry.get(worker_id)
+        if worker is not None and job_id in worker.load.jobs:
+            worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=job_id)))
+            self._registry.job_ended(worker, job_id)
+        timer = self._orphans.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def orphaned(self, job_ids: Sequence[str], node_id: str) -> None:
+        """Jobs of a dead node's workers: they get the reconnect grace here, then the restart policy."""
+        loop = asyncio.get_running_loop()
+        for job_id in job_ids:
+            job = await self._store.get_job(job_id)
+            if job is None or job.state.status in ENDED or job_id in self._orphans:
+                continue
+            self._orphans[job_id] = loop.call_later(
+                self._config.reconnect_grace, self._orphan_expired_cb, job_id, job.state.worker_id
+            )
+            self._emit(JobEventKind.ORPHANED, job, job.state.worker_id, f"node {node_id} lost")
+
+    async def end_job(self, job_id: str, status: int, error: str, reason: int = 0) -> agent.Job | None:
+        if not self.is_pending(job_id):
+            job = await self._store.get_job(job_id)
+            owner = "" if job is None or job.state.status in ENDED else job.state.worker_id
+            if owner and self._registry.get(owner) is None:  # its worker is connected elsewhere
+                await self.cluster.relay_termination(job_id, owner)
+        return await super().end_job(job_id, status, error, reason)
+
+    # -- keeping the cluster's view current --------------------------------------------------------
+    def _republish(self, event: object) -> None:
+        if isinstance(event, JobEvent) and event.kind in _TOUCHES_LOAD and event.worker_id:
+            worker = self._registry.get(event.worker_id)
+            if worker is not None:
+                summary = self._registry.summary(worker)
+                self.cluster.on_event(WorkerEvent(WorkerEventKind.STATUS, summary))
+
+    async def _rebalance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REBALANCE_INTERVAL)
+            try:
+                await self._rebalance()
+            except REDIS_DOWN as exc:
+                log.warning("rebalance skipped", extra={"node_id": self.cluster.node_id, "error": str(exc)})
+
+    async def _rebalance(self) -> None:
+        """Queued here, but an eligible worker exists on another node: move the job there."""
+        loop = asyncio.get_running_loop()
+        for key, queue in list(self._queues.items()):
+            for pj in list(queue.values()):
+                best = await self.cluster.directory.best(key, exclude=pj.tried)
+                if best is None:
+                    break
+                summary = await self.cluster.directory.get(best[0])
+                if summary is None or summary.node_id == self.cluster.node_id:
+                    break
+                if self._pending.get(pj.job.id) is not pj or pj.offered_to is not None:
+                    continue
+                timer = pj.deadline_timer
+                remaining = max(0.001, timer.when() - loop.time()) if timer is not None else None
+                self._forget_pending(pj)
+                self.cluster.release(pj.job.id)
+                await self.cluster.route(pj.job, remaining, pj.resuming)
+                log.info(
+                    "queued job moved to another node",
+                    extra={"job_id": pj.job.id, "node_id": summary.node_id, "worker_id": summary.worker_id},
+                )
