@@ -168,6 +168,8 @@ async def test_second_signal_exits_at_once_and_kills_the_jobs(
     stderr = await program.stderr_text()
     assert code == 130, stderr
     assert "second SIGINT: exiting now" in stderr
+    job = await listed_status(lkapi, "cli-long", agent.JobStatus.JS_FAILED)
+    assert job.state.error == "interrupted (worker aborted; killed at once)"
     await wait_until(
         lambda: pid_gone(rec["pid"]) and all(pid_gone(c.pid) for c in children), 5, "all children"
     )

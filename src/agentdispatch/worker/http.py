@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.registry import Collector
 
 from ..protocol import WorkerError
 
@@ -41,13 +42,20 @@ class WorkerMetrics:
 
 class HttpServer:
     def __init__(
-        self, host: str, port: int, info: Callable[[], dict[str, Any]], ready: Callable[[], bool]
+        self,
+        host: str,
+        port: int,
+        info: Callable[[], dict[str, Any]],
+        ready: Callable[[], bool],
+        collectors: Sequence[Collector] = (),
     ) -> None:
         self._host = host
         self._port = port
         self._info = info
         self._ready = ready
         self._metrics = WorkerMetrics()
+        for collector in collectors:
+            self._metrics.registry.register(collector)
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.router.add_get("/", self._health)

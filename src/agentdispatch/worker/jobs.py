@@ -31,6 +31,8 @@ JS_RUNNING = agent.JobStatus.JS_RUNNING
 JS_SUCCESS = agent.JobStatus.JS_SUCCESS
 JS_FAILED = agent.JobStatus.JS_FAILED
 
+REFILL_AFTER_START = 0.02  # seconds after a job started before its process is replaced in the pool
+
 Reporter = Callable[[agent.UpdateJobStatus], Awaitable[None]]
 
 
@@ -121,7 +123,8 @@ class JobManager:
         if proc is None:
             raise WorkerError(f"job {rj.id} launched without a process")
         started = await proc.wait_started()
-        self._pool.refill()  # now: the next process is forked once this job no longer competes for CPU
+        # fork the next process once this job's entrypoint is under way, not while it is starting
+        asyncio.get_running_loop().call_later(REFILL_AFTER_START, self._pool.refill)
         if started:
             rj.status = JS_RUNNING
             log.info("job running", extra={**extra, "pid": proc.pid})
@@ -195,7 +198,7 @@ def verdict(rj: RunningJob, result: ProcExit) -> tuple[int, str]:
     elif rj.interrupt and result.ended_reason in (None, rj.stop_reason):
         causes.append(rj.interrupt)  # ended because we asked (or never reported): not finished
     if result.killed and result.ended_reason is None:
-        causes.append("killed after shutdown timeout")
+        causes.append(result.killed)
     if causes:
         return JS_FAILED, interrupted("; ".join(causes))
     if result.error:

@@ -27,6 +27,7 @@ from .http import HttpServer
 from .ipc import AcceptArguments, ChildConfig
 from .jobs import JS_FAILED, JS_RUNNING, JobManager
 from .load import CpuSampler, LoadMonitor
+from .metrics import JobMetrics
 from .offers import ASSIGNMENT_TIMEOUT, JobRequest, OfferAnswer, SlotTable, decide
 from .options import ResolvedOptions, load_fnc_takes_worker
 from .proc_pool import BackoffPolicy, ProcPool
@@ -82,10 +83,13 @@ class Worker:
         self.pool = ProcPool(self._new_proc, self._pool_target(), self.tuning.pool_backoff, self._pool_state)
         self._pool_problem: str | None = None
         self.jobs = JobManager(self.pool, self.slots, self._report_job, self._changed)
+        self.job_metrics = JobMetrics()  # per-job memory, CPU and durations on /metrics
         self.conn = WorkerConnection(
             self._connection_settings(), self._on_registered, self._on_message, self._on_disconnected
         )
-        self.http = HttpServer(options.host, options.port, self.info, lambda: self.conn.connected)
+        self.http = HttpServer(
+            options.host, options.port, self.info, lambda: self.conn.connected, (self.job_metrics,)
+        )
         self.offers = OfferStats()
         self.aborted = False
         self._awaiting: dict[str, _Awaiting] = {}
@@ -381,6 +385,7 @@ class Worker:
 
     # -- job statuses and reconnection ---------------------------------------------------------------------
     async def _report_job(self, update: agent.UpdateJobStatus) -> None:
+        self.job_metrics.on_update(update, self.jobs.jobs())
         if not await self.conn.send(agent.WorkerMessage(update_job=update)):
             log.info(
                 "not connected: job status kept for the next connection", extra={"job_id": update.job_id}

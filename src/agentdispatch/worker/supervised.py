@@ -77,7 +77,7 @@ class ProcExit:
     reason: str
     ended_reason: str | None = None  # the reason the job process reported with its end (None: no report)
     memory: str = ""  # "memory limit 200 MB: 312 MB" when the limit stopped it
-    killed: bool = False  # the escalation had to signal it (the shutdown request was not enough)
+    killed: str = ""  # how the worker had to kill it: "killed after shutdown timeout" / "killed at once"
 
 
 def describe_exit(code: int | None) -> str:
@@ -127,7 +127,7 @@ class SupervisedProc:
         self._stop_reason = ""
         self._escalation: asyncio.Task[None] | None = None
         self._warned = False
-        self._killed = False
+        self._killed = ""
 
     @property
     def pid(self) -> int | None:
@@ -351,7 +351,7 @@ class SupervisedProc:
             extra=self.log_extra,
         )
         self._snapshot_tree()
-        self._killed = True
+        self._killed = "killed after shutdown timeout"
         self._signal(signal.SIGTERM)
         if await self._wait_exited(s.term_grace):
             return
@@ -397,7 +397,7 @@ class SupervisedProc:
             self._tree.pop(pid, None)
 
     def kill_now(self) -> None:
-        self._killed = True
+        self._killed = self._killed or "killed at once"
         self._kill_tree()
 
     async def kill(self) -> None:
