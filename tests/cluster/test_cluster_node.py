@@ -53,6 +53,9 @@ class RecordingHost:
     async def orphaned(self, job_ids: Sequence[str], node_id: str) -> None:
         self.orphans.append((sorted(job_ids), node_id))
 
+    def local_workers(self) -> list[WorkerSummary]:
+        return []
+
 
 def summary(worker_id: str, node: str, load: float = 0.0, **kw: Any) -> WorkerSummary:
     base = WorkerSummary(

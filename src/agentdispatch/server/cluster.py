@@ -27,6 +27,7 @@ from typing import Protocol
 
 from livekit.protocol import agent
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..protocol.errors import ConfigError
@@ -42,6 +43,8 @@ log = logging.getLogger("agentdispatch.server.cluster")
 _SETTLED = (JobEventKind.ASSIGNED, JobEventKind.ENDED, JobEventKind.MIGRATED)
 _ENDED = (agent.JobStatus.JS_SUCCESS, agent.JobStatus.JS_FAILED, agent.JobStatus.JS_CANCELLED)
 #: Redis unreachable or slow: loops log, wait, and try again (anything else is a bug and surfaces)
+#: heartbeats between full republishes of this node's workers
+REPUBLISH_EVERY = 5
 REDIS_DOWN = (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -78,6 +81,9 @@ class Host(Protocol):
 
     async def orphaned(self, job_ids: Sequence[str], node_id: str) -> None:
         """Running jobs of a dead node's workers: start their reconnect grace here."""
+
+    def local_workers(self) -> list[WorkerSummary]:
+        """Summaries of the workers connected to this node now."""
 
 
 class ClusterNode:
@@ -176,9 +182,13 @@ class ClusterNode:
     # -- loops -----------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         interval = self.options.heartbeat_interval
+        beats = 0
         while _not_cancelled():
             try:
                 await self.leases.renew(self.options.url)
+                if beats % REPUBLISH_EVERY == 0:  # heals the directory after Redis lost its data
+                    await self.directory.publish(self._host.local_workers())
+                beats += 1
                 await self._watch_peers()
             except REDIS_DOWN as exc:
                 _reraise_if_cancelled(exc)
@@ -196,6 +206,14 @@ class ClusterNode:
                     continue
                 for handoff in batch:
                     await self._deliver(self.node_id, handoff)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning(
+                    "hand-off stream lost (Redis restarted empty?); recreating",
+                    extra={"node_id": self.node_id},
+                )
+                await self.streams.ensure_group(self.node_id)
             except REDIS_DOWN as exc:
                 _reraise_if_cancelled(exc)
                 log.warning("hand-off read failed", extra={"node_id": self.node_id, "error": str(exc)})

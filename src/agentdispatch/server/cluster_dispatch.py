@@ -26,7 +26,7 @@ from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .cluster import REDIS_DOWN, ClusterNode, ClusterOptions
 from .config import ServerConfig
 from .dispatcher import ENDED, Dispatcher
-from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind
+from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind, WorkerSummary
 from .registry import WorkerRegistry
 from .store import Store
 from .store_redis import RedisStore
@@ -105,6 +105,9 @@ class ClusteredDispatcher(Dispatcher):
                 self._config.reconnect_grace, self._orphan_expired_cb, job_id, job.state.worker_id
             )
             self._emit(JobEventKind.ORPHANED, job, job.state.worker_id, f"node {node_id} lost")
+
+    def local_workers(self) -> list[WorkerSummary]:
+        return [self._registry.summary(w) for w in self._registry]
 
     async def end_job(self, job_id: str, status: int, error: str, reason: int = 0) -> agent.Job | None:
         if not self.is_pending(job_id):

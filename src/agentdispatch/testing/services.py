@@ -105,7 +105,11 @@ class _Service:
 
 
 class RedisProcess(_Service):
-    """`redis-server` on 127.0.0.1; `stop()` then `start()` brings it back on the same port."""
+    """`redis-server` on 127.0.0.1; `stop()` then `start()` brings it back on the same port.
+
+    With `appendonly=True` every write is fsynced to the AOF (`appendfsync always`), so a restart
+    keeps everything Redis acknowledged; without it a restart starts empty.
+    """
 
     name = "redis"
 
@@ -127,6 +131,7 @@ class RedisProcess(_Service):
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
             "--protected-mode", "no",
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
