@@ -30,8 +30,8 @@ import pytest
 from livekit import api
 from livekit.protocol import agent, room
 
-from agentdispatch.server.events import JobEvent
 from agentdispatch.server import DispatchServer, ServerConfig
+from agentdispatch.server.events import JobEvent
 from agentdispatch.testing.simworker import SimWorker, SimWorkerOptions
 
 API_KEY = "devkey"
