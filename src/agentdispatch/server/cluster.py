@@ -73,6 +73,9 @@ class ClusterOptions:
 class Host(Protocol):
     """What the cluster needs from the node it runs in (the dispatcher behind a narrow seam)."""
 
+    #: the node is stopping: its workers leave to reconnect elsewhere, their jobs keep running
+    shutting_down: bool
+
     async def take(self, job: agent.Job, deadline: float | None, resuming: bool, prefer: str) -> None:
         """Place a job handed to this node (stored already), on `prefer` if it can."""
 
@@ -99,6 +102,7 @@ class ClusterNode:
         self._tasks = TaskSet(f"cluster:{self.node_id}")
         self._dirty: dict[str, WorkerSummary] = {}
         self._gone: dict[str, WorkerSummary] = {}
+        self._gone_listed: dict[str, WorkerSummary] = {}  # left during shutdown: stay in the node set
         self._publish_wakeup = asyncio.Event()
         self._unacked: dict[str, tuple[str, str]] = {}  # job id -> (stream node, entry id)
         self._acks: list[tuple[str, str]] = []
@@ -120,7 +124,7 @@ class ClusterNode:
         await self._tasks.aclose()
         try:
             await self._flush()
-            await self.directory.remove(await self.directory.of_node(self.node_id))
+            await self.directory.remove(await self.directory.of_node(self.node_id), keep_membership=True)
             await self.leases.release()
         except REDIS_DOWN as exc:
             _reraise_if_cancelled(exc)
@@ -132,7 +136,8 @@ class ClusterNode:
             wid = event.worker.worker_id
             if event.kind is WorkerEventKind.DISCONNECTED:
                 self._dirty.pop(wid, None)
-                self._gone[wid] = event.worker
+                gone = self._gone_listed if self._host.shutting_down else self._gone
+                gone[wid] = event.worker
             else:
                 self._dirty[wid] = event.worker
             self._publish_wakeup.set()
@@ -246,11 +251,12 @@ class ClusterNode:
                 await asyncio.sleep(min(1.0, self.options.heartbeat_interval))
 
     async def _flush(self) -> None:
-        dirty, gone, acks = self._dirty, self._gone, self._acks
-        self._dirty, self._gone, self._acks = {}, {}, []
+        dirty, gone, listed, acks = self._dirty, self._gone, self._gone_listed, self._acks
+        self._dirty, self._gone, self._gone_listed, self._acks = {}, {}, {}, []
         try:
             await self.directory.publish(list(dirty.values()))
             await self.directory.remove(list(gone.values()))
+            await self.directory.remove(list(listed.values()), keep_membership=True)
             by_stream: dict[str, list[str]] = {}
             for node, entry in acks:
                 by_stream.setdefault(node, []).append(entry)
@@ -260,6 +266,7 @@ class ClusterNode:
             # keep what was not written; newer summaries of the same worker win
             self._dirty = {**dirty, **self._dirty}
             self._gone = {**gone, **self._gone}
+            self._gone_listed = {**listed, **self._gone_listed}
             self._acks = acks + self._acks
             raise
 
@@ -277,6 +284,7 @@ class ClusterNode:
 
     async def take_over(self, dead: str) -> None:
         """Adopt a dead node's hand-offs, forget its workers, and report its running jobs orphaned."""
+        members = await self.directory.members(dead)
         workers = await self.directory.of_node(dead)
         await self.directory.remove(workers)  # before re-routing, so nothing goes back to the dead
         claimed = await self.streams.claim(dead, min_idle=0)
@@ -284,7 +292,7 @@ class ClusterNode:
             if h.kind == "offer":
                 await self.route_existing(h)
             await self.streams.ack(dead, [h.entry_id])
-        orphans = await self._store.jobs_held_by([w.worker_id for w in workers])
+        orphans = await self._store.jobs_held_by(members)
         await self.leases.forget(dead)
         log.warning(
             "took over dead node",

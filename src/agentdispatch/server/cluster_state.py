@@ -97,7 +97,7 @@ class NodeLeases:
     async def forget(self, dead: str) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.zrem(f"{self._p}nodes", dead)
-        pipe.delete(f"{self._p}takeover:{dead}", f"{self._p}hand:{dead}")
+        pipe.delete(f"{self._p}takeover:{dead}", f"{self._p}hand:{dead}", f"{self._p}wsum:n:{dead}")
         await pipe.execute()
 
 
@@ -124,13 +124,16 @@ class WorkerDirectory:
                     pipe.zrem(zkey, s.worker_id)
         await pipe.execute()
 
-    async def remove(self, summaries: Sequence[WorkerSummary]) -> None:
+    async def remove(self, summaries: Sequence[WorkerSummary], keep_membership: bool = False) -> None:
+        """Drop workers from placement. `keep_membership` leaves them in their node's set, so whoever
+        takes the node over finds the jobs they still hold (a shutdown: they reconnect elsewhere)."""
         if not summaries:
             return
         pipe = self._r.pipeline(transaction=True)
         for s in summaries:
             pipe.hdel(f"{self._p}wsum", s.worker_id)
-            pipe.srem(f"{self._p}wsum:n:{s.node_id}", s.worker_id)
+            if not keep_membership:
+                pipe.srem(f"{self._p}wsum:n:{s.node_id}", s.worker_id)
             for key in worker_keys(s):
                 pipe.zrem(f"{self._p}wkey:{key_name(key)}", s.worker_id)
         await pipe.execute()
@@ -139,8 +142,12 @@ class WorkerDirectory:
         raw = await self._r.hget(f"{self._p}wsum", worker_id)
         return None if raw is None else WorkerSummary(**json.loads(_text(raw)))
 
+    async def members(self, node_id: str) -> list[str]:
+        """Ids of the workers listed under a node (connected, or connected when it shut down)."""
+        return sorted(_text(w) for w in await self._r.smembers(f"{self._p}wsum:n:{node_id}"))
+
     async def of_node(self, node_id: str) -> list[WorkerSummary]:
-        ids = [_text(w) for w in await self._r.smembers(f"{self._p}wsum:n:{node_id}")]
+        ids = await self.members(node_id)
         if not ids:
             return []
         raws = await self._r.hmget(f"{self._p}wsum", ids)
