@@ -94,6 +94,7 @@ class SimWorkerSource:
             agent_name=spec.agent_name,
             job_duration=spec.job_duration,
             load=spec.load,
+            status_interval=2.5,  # reports like a real worker, so the server keeps trusting its load
         )
         worker = SimWorker(opts, self._session)
         await worker.connect()

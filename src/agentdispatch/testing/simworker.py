@@ -38,6 +38,9 @@ class SimWorkerOptions:
     #: seconds a job "runs" after assignment before JS_SUCCESS is reported; None = never end
     job_duration: float | None = None
     load: float = 0.0
+    #: None: report status only when told (tests control every frame). A number: like a real worker, report
+    #: `load` and the running job count whenever a job starts or ends, and at least this often (seconds).
+    status_interval: float | None = None
 
 
 @dataclass
@@ -64,6 +67,9 @@ class SimWorker:
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self._pong_waiter: asyncio.Future[float] | None = None
+        #: jobs assigned and not yet ended (reported in status updates)
+        self.running: set[str] = set()
+        self._status_dirty = asyncio.Event()
 
     @property
     def ws(self) -> aiohttp.ClientWebSocketResponse:
@@ -83,6 +89,8 @@ class SimWorker:
         if register:
             await self.register()
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="simworker-read")
+        if register and self.opts.status_interval is not None:
+            self._start(self._report_status(self.opts.status_interval))
 
     async def register(self) -> None:
         req = agent.RegisterWorkerRequest(
@@ -122,6 +130,23 @@ class SimWorker:
     async def finish(self, job_id: str, status: int = agent.JobStatus.JS_SUCCESS, error: str = "") -> None:
         upd = agent.UpdateJobStatus(job_id=job_id, status=status, error=error)  # type: ignore[arg-type]
         await self.send(agent.WorkerMessage(update_job=upd))
+        if status != agent.JobStatus.JS_RUNNING:
+            self._job_changed(job_id, running=False)
+
+    def _job_changed(self, job_id: str, running: bool) -> None:
+        if running:
+            self.running.add(job_id)
+        else:
+            self.running.discard(job_id)
+        self._status_dirty.set()
+
+    async def _report_status(self, interval: float) -> None:
+        """Status on every job change and at least every `interval` s (what our worker runtime does)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_dirty.wait(), interval)
+            self._status_dirty.clear()
+            await self.report(self.opts.load, job_count=len(self.running))
 
     async def ping(self, timeout: float = 5.0) -> float:
         """Send a WorkerPing and wait for its pong: the round trip in seconds (time.perf_counter).
@@ -173,10 +198,12 @@ class SimWorker:
             if self.on_assignment is not None:
                 self.on_assignment(msg.assignment)
             await self.finish(job_id, agent.JobStatus.JS_RUNNING)
+            self._job_changed(job_id, running=True)
             if self.opts.job_duration is not None:
                 self._start(self._run_job(job_id, self.opts.job_duration))
         elif which == "termination":
             self.received.terminations.append(msg.termination.job_id)
+            self._job_changed(msg.termination.job_id, running=False)
         elif which == "pong":
             self.received.pongs.append(msg.pong)
             waiter = self._pong_waiter

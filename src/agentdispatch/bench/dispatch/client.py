@@ -25,6 +25,8 @@ from ...protocol.jwt_warnings import ignore_short_hmac_key_warning
 from ...testing.simworker import SimWorker, SimWorkerOptions
 
 CREATE_PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
+#: seconds between a simulated worker's status reports when nothing changes (our worker runtime's default)
+STATUS_INTERVAL = 2.5
 CLIENTS = ("livekit-api", "raw")
 RTT_AGENT_SUFFIX = "-rtt"
 
@@ -174,7 +176,13 @@ class ClientProcess:
     def _worker_options(self, agent_name: str) -> SimWorkerOptions:
         plan = self.plan
         return SimWorkerOptions(
-            url=plan.url, api_key=plan.api_key, api_secret=plan.api_secret, agent_name=agent_name
+            url=plan.url,
+            api_key=plan.api_key,
+            api_secret=plan.api_secret,
+            agent_name=agent_name,
+            # like a real worker: load on every job change and every 2.5 s (the server counts jobs assigned
+            # since the last report into the projected load, and distrusts a status older than 15 s)
+            status_interval=STATUS_INTERVAL,
         )
 
     def _recorder(self, worker: SimWorker) -> Callable[[agent.JobAssignment], None]:
