@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
+from ..bench.sip.cases import run_sip_cases
 from ..bench.sip.run import SipBenchSettings, default_json_path, run_sip_bench
-from ..bench.sip.table import sip_table
+from ..bench.sip.table import cases_table, sip_table
 from .output import run_benchmark, settings_from_options
 
 
@@ -37,8 +38,27 @@ from .output import run_benchmark, settings_from_options
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep sipp's and the workers' logs here (default: a temporary directory).")  # fmt: skip
-def sip_bench_command(json_path: Path | None, workdir: Path | None, **options: Any) -> None:
+@click.option("--cases", is_flag=True, help="Instead: one call per caller-experience case (docs/sip.md).")
+@click.option(
+    "--free-after", type=float, default=5.0, show_default=True, help="--cases: busy worker frees up."
+)
+@click.option("--cancel-after", type=float, default=3.0, show_default=True, help="--cases: caller hangs up.")
+def sip_bench_command(
+    json_path: Path | None,
+    workdir: Path | None,
+    cases: bool,
+    free_after: float,
+    cancel_after: float,
+    **options: Any,
+) -> None:
     """Post-dial delay (INVITE -> 180, INVITE -> 200) and outcomes of sipp calls at a rate, real workers."""
     settings = settings_from_options(SipBenchSettings, **options)
-    path = json_path or default_json_path(time.time())
+    path = json_path or default_json_path(time.time(), "sip-cases" if cases else "sip")
+    if cases:
+        run_benchmark(
+            lambda log: run_sip_cases(settings.ringing_timeout, free_after, cancel_after, log, workdir),
+            path,
+            cases_table,
+        )
+        return
     run_benchmark(lambda log: run_sip_bench(settings, log=log, workdir=workdir), path, sip_table)

@@ -54,23 +54,21 @@ class SipBenchSettings:
             raise ConfigError("transport is udp or tcp")
 
 
-def default_json_path(now: float) -> Path:
+def default_json_path(now: float, name: str = "sip") -> Path:
     import time
 
-    return Path("bench/results") / f"sip-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.json"
+    return Path("bench/results") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}.json"
 
 
-def _start_workers(settings: SipBenchSettings, url: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "LIVEKIT_URL": url,
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "secret",
-        "BENCH_SIP_IDLE": str(settings.idle),
-    }
+def start_workers(
+    count: int, url: str, workdir: Path, extra_env: dict[str, str], name: str = "worker"
+) -> list[subprocess.Popen[bytes]]:
+    """`count` worker processes running the bench agent against `url` (dev keys)."""
+    env = {**os.environ, "LIVEKIT_URL": url, "LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": "secret"}
+    env.update(extra_env)
     procs = []
-    for i in range(settings.workers):
-        log = (workdir / f"worker-{i}.log").open("wb")
+    for i in range(count):
+        log = (workdir / f"{name}-{i}.log").open("wb")
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(AGENT), "dev"],
@@ -84,7 +82,7 @@ def _start_workers(settings: SipBenchSettings, url: str, workdir: Path) -> list[
     return procs
 
 
-def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -94,6 +92,39 @@ def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def agent_rule(number: str, agent_name: str) -> sip.SIPDispatchRuleInfo:
+    return sip.SIPDispatchRuleInfo(
+        rule=sip.SIPDispatchRule(dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="b-")),
+        numbers=[number],
+        room_config=room.RoomConfiguration(agents=[agent_dispatch.RoomAgentDispatch(agent_name=agent_name)]),
+    )
+
+
+async def start_gateway(
+    ringing_timeout: float, numbers: dict[str, str], dispatch_deadline: float | None = None
+) -> tuple[DispatchServer, SipGateway]:
+    """Server + gateway on free loopback ports; each called number dispatches its agent name."""
+    deadline = dispatch_deadline if dispatch_deadline is not None else ringing_timeout + 5
+    server = DispatchServer(ServerConfig(port=0, dispatch_deadline=deadline))
+    gateway = SipGateway(server, GatewayConfig(port=0, ringing_timeout=ringing_timeout))
+    gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="bench"))
+    for number, agent_name in numbers.items():
+        gateway.directory.add_rule(agent_rule(number, agent_name))
+    server.app.router.add_routes(gateway.routes())
+    await server.start()
+    await gateway.start()
+    return server, gateway
+
+
+async def wait_registered(server: DispatchServer, count: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 60
+    while len(list(server.registry)) < count:
+        if loop.time() > end or any(p.poll() is not None for p in procs):
+            raise HarnessError("workers did not register; see the worker logs (--workdir)")
+        await asyncio.sleep(0.1)
 
 
 def summarize(run: SippRun, calls: int) -> dict[str, Any]:
@@ -132,14 +163,9 @@ async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: 
     await server.start()
     await gateway.start()
     target = f"127.0.0.1:{gateway.port}"
-    procs = _start_workers(settings, server.ws_url, workdir)
+    procs = start_workers(settings.workers, server.ws_url, workdir, {"BENCH_SIP_IDLE": str(settings.idle)})
     try:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 60
-        while len(list(server.registry)) < settings.workers:
-            if loop.time() > end or any(p.poll() is not None for p in procs):
-                raise HarnessError(f"workers did not register; see {workdir}/worker-*.log")
-            await asyncio.sleep(0.1)
+        await wait_registered(server, settings.workers, procs)
         transport = "u1" if settings.transport == "udp" else "t1"
         if settings.warmup:
             log(f"warm-up: {settings.warmup} calls")
@@ -155,7 +181,7 @@ async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: 
         )  # fmt: skip
         gateway_status = {str(k): v for k, v in sorted(gateway.statistics().by_status.items())}
     finally:
-        _stop_workers(procs)
+        stop_workers(procs)
         await gateway.aclose()
         await server.aclose()
     result = {

@@ -30,3 +30,22 @@ def sip_table(result: dict[str, Any]) -> Table:
     codes = ", ".join(f"{code}: {n}" for code, n in result["by_status"].items())
     table.caption = f"answered {result['answered']}/{result['calls']}; final codes seen by sipp: {codes}"
     return table
+
+
+def cases_table(result: dict[str, Any]) -> Table:
+    s = result["settings"]
+    table = Table(title=f"What the caller hears (ringing timeout {s['ringing_timeout']:g} s, one call each)")
+    for col in ("case", "180 Ringing after", "final answer", "after", "Retry-After"):
+        table.add_column(col, justify="left" if col == "case" else "right")
+    for row in result["cases"]:
+        if "error" in row:
+            table.add_row(row["case"], "-", row["error"], "-", "-")
+            continue
+        table.add_row(
+            row["case"],
+            fmt_num(row["ringing_after_s"], " s", 3),
+            str(row["final_status"]),
+            fmt_num(row["final_after_s"], " s", 3),
+            f"{row['retry_after']} s" if row["retry_after"] else "-",
+        )
+    return table
