@@ -86,7 +86,7 @@ class DispatchServer:
         from .cluster_dispatch import ClusteredDispatcher  # redis-py only in cluster mode
 
         clustered = ClusteredDispatcher(*args, node_id=self.node_id)
-        self._starters.append(clustered.start)
+        self._starters.append(lambda: clustered.start(self.config.public_url or self.url))
         return clustered
 
     def _build_app(self) -> web.Application:

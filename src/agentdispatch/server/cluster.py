@@ -108,10 +108,13 @@ class ClusterNode:
         self._acks: list[tuple[str, str]] = []
         self._known_dead: set[str] = set()
         self._closing = False
+        self.url = options.url
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        await self.leases.renew(self.options.url)
+    async def start(self, url: str = "") -> None:
+        """Take the lease (recording `url`, this node's address, for operators and tests) and run."""
+        self.url = url or self.options.url
+        await self.leases.renew(self.url)
         await self.streams.ensure_group(self.node_id)
         self._tasks.spawn(self._heartbeat_loop(), "heartbeat")
         self._tasks.spawn(self._consume_loop(), "consume")
@@ -190,7 +193,7 @@ class ClusterNode:
         beats = 0
         while _not_cancelled():
             try:
-                await self.leases.renew(self.options.url)
+                await self.leases.renew(self.url)
                 if beats % REPUBLISH_EVERY == 0:  # heals the directory after Redis lost its data
                     await self.directory.publish(self._host.local_workers())
                 beats += 1

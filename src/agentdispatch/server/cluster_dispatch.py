@@ -60,8 +60,8 @@ class ClusteredDispatcher(Dispatcher):
         events.subscribe(self._republish)
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
 
-    async def start(self) -> None:
-        await self.cluster.start()
+    async def start(self, url: str = "") -> None:
+        await self.cluster.start(url)
         self._cluster_tasks.spawn(self._rebalance_loop(), "rebalance")
 
     async def aclose(self) -> None:

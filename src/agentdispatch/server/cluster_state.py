@@ -76,6 +76,11 @@ class NodeLeases:
         """A clean shutdown: give the lease up at once so survivors need not wait for it to lapse."""
         await self._r.delete(f"{self._p}node:{self.node_id}")
 
+    async def url_of(self, node_id: str) -> str | None:
+        """The URL a live node recorded in its lease; None once the lease is gone."""
+        raw = await self._r.get(f"{self._p}node:{node_id}")
+        return None if raw is None else str(json.loads(_text(raw)).get("url", ""))
+
     async def known(self) -> list[str]:
         return [_text(n) for n in await self._r.zrange(f"{self._p}nodes", 0, -1)]
 

@@ -147,10 +147,14 @@ class HaproxyProcess(_Service):
 
     name = "haproxy"
 
-    def __init__(self, config_text: str, port: int, binary: str = "haproxy") -> None:
+    def __init__(
+        self, config_text: str, port: int, binary: str = "haproxy", env: dict[str, str] | None = None
+    ) -> None:
         super().__init__()
         self.binary = binary
         self.port = port
+        #: variables the config expands ("${AD_BIND}", ...), on top of this process's environment
+        self.env = {**os.environ, **(env or {})}
         self.config_path = self.dir / "haproxy.cfg"
         self.config_path.write_text(config_text)
 
@@ -161,7 +165,11 @@ class HaproxyProcess(_Service):
     def check(self) -> None:
         """Validate the config with `haproxy -c`; raise HarnessError with haproxy's words if invalid."""
         res = subprocess.run(
-            [self.binary, "-c", "-f", str(self.config_path)], capture_output=True, timeout=30, check=False
+            [self.binary, "-c", "-f", str(self.config_path)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            env=self.env,
         )
         if res.returncode != 0:
             raise HarnessError(f"haproxy config invalid: {res.stdout.decode()}{res.stderr.decode()}")
@@ -169,7 +177,10 @@ class HaproxyProcess(_Service):
     def start(self, timeout: float = 20.0) -> None:
         self.check()
         self.proc = subprocess.Popen(
-            [self.binary, "-db", "-f", str(self.config_path)], stdin=subprocess.DEVNULL
+            [self.binary, "-db", "-f", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=self.env,
         )
         wait_port(self.port, timeout, self.proc)
 

@@ -1,0 +1,230 @@
+"""Server processes behind a real haproxy (deploy/haproxy/haproxy.cfg as shipped), sharing a real Redis.
+
+- a worker connects through haproxy; dispatches created directly on each node reach it (so at least
+  one of them crossed nodes), with the livekit-api client;
+- SIGKILL of the node holding a real worker's socket while its job runs: the worker reconnects through
+  haproxy to the survivor, `migrate_job` keeps the job (same job process, started once), ListDispatch
+  through the survivor shows it running, then JS_SUCCESS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from livekit import api
+from livekit.protocol import agent
+
+from agentdispatch.server.cluster_state import NodeLeases, WorkerDirectory
+from agentdispatch.server.store_redis import RedisStore
+from agentdispatch.testing.serverproc import (
+    ServerProcess,
+    ServerProcessSettings,
+    agentdispatch_command,
+    free_port,
+)
+from agentdispatch.testing.services import HaproxyProcess, RedisProcess, require
+from agentdispatch.testing.simworker import SimWorker, SimWorkerOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+HOLD_AGENT = Path(__file__).parent / "agents" / "hold_agent.py"
+JS_RUNNING = agent.JobStatus.JS_RUNNING
+JS_SUCCESS = agent.JobStatus.JS_SUCCESS
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 45.0, what: str = "") -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    last: object = None
+    while loop.time() < end:
+        try:
+            value = await check()
+            if value:
+                return value
+            last = value
+        except (api.TwirpError, aiohttp.ClientError, OSError) as exc:
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Deployment:
+    redis: RedisProcess
+    nodes: list[ServerProcess]
+    proxy: HaproxyProcess
+    http: aiohttp.ClientSession
+
+    def api(self, url: str) -> api.LiveKitAPI:
+        return api.LiveKitAPI(url, "devkey", "secret", session=self.http, failover=False)
+
+    async def node_of(self, worker_id: str) -> ServerProcess:
+        """The node holding a worker's socket, read from the cluster directory and leases in Redis."""
+        store = RedisStore(self.redis.url)
+        try:
+            directory = WorkerDirectory(store.redis, store.prefix)
+            summary = await eventually(lambda: directory.get(worker_id), what=f"{worker_id} listed")
+            url = await NodeLeases(store.redis, store.prefix, "", 1.0).url_of(summary.node_id)
+        finally:
+            await store.aclose()
+        return next(n for n in self.nodes if n.url == url)
+
+
+@pytest.fixture
+def haproxy_bin() -> str:
+    return require("haproxy", "haproxy")
+
+
+@pytest.fixture
+async def deployment(redis_proc: RedisProcess, haproxy_bin: str) -> AsyncIterator[Deployment]:
+    args = ("--redis", redis_proc.url, "--dispatch-deadline", "90", "--reconnect-grace", "60")
+    nodes = [ServerProcess(ServerProcessSettings(extra_args=args)) for _ in range(2)]
+    proxy: HaproxyProcess | None = None
+    http = aiohttp.ClientSession()
+    try:
+        for node in nodes:
+            node.start()
+        port = free_port()
+        env = {
+            "AD_BIND": f"127.0.0.1:{port}",
+            "AD_NODE1": f"127.0.0.1:{nodes[0].port}",
+            "AD_NODE2": f"127.0.0.1:{nodes[1].port}",
+            "AD_NODE3": f"127.0.0.1:{free_port()}",  # a third node that is down: health checks skip it
+        }
+        proxy = HaproxyProcess(HAPROXY_CFG.read_text(), port, haproxy_bin, env)
+        proxy.start()
+        yield Deployment(redis_proc, nodes, proxy, http)
+    finally:
+        await http.close()
+        if proxy is not None:
+            proxy.close()
+        for node in nodes:
+            node.stop()
+
+
+async def test_haproxy_config_ships_valid(haproxy_bin: str) -> None:
+    env = {"AD_BIND": "127.0.0.1:7880", "AD_NODE1": "10.0.0.1:7880", "AD_NODE2": "10.0.0.2:7880"}
+    proxy = HaproxyProcess(HAPROXY_CFG.read_text(), 7880, haproxy_bin, {**env, "AD_NODE3": "10.0.0.3:7880"})
+    try:
+        proxy.check()
+    finally:
+        proxy.close()
+
+
+async def test_a_worker_behind_haproxy_gets_dispatches_created_on_either_node(deployment: Deployment) -> None:
+    worker = SimWorker(SimWorkerOptions(url=deployment.proxy.url, agent_name="via-lb"), deployment.http)
+    try:
+        await eventually(lambda: _connect(worker), what="worker registered through haproxy")
+        holder = await deployment.node_of(worker.id)
+        other = next(n for n in deployment.nodes if n is not holder)
+        created = []
+        for node in (other, holder):  # the first one crosses nodes
+            lk = deployment.api(node.url)
+            created.append(
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="via-lb", room=f"room-{node.port}")
+                )
+            )
+        await eventually(lambda: _at_least(worker.received.assignments, 2), what="both assignments")
+        assert {a.job.dispatch_id for a in worker.received.assignments} == {d.id for d in created}
+        # the API through haproxy shows the same state whichever node answers
+        lk = deployment.api(deployment.proxy.url)
+        for _ in range(4):
+            (listed,) = await lk.agent_dispatch.list_dispatch(f"room-{other.port}")
+            assert listed.state.jobs[0].state.worker_id == worker.id
+    finally:
+        await worker.aclose()
+
+
+async def _connect(worker: SimWorker) -> bool:
+    await worker.connect()
+    return True
+
+
+async def _at_least(items: list[Any], n: int) -> bool:
+    return len(items) >= n
+
+
+@pytest.fixture
+def hold_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+async def test_node_sigkill_with_a_job_running_the_worker_moves_to_the_survivor_and_keeps_the_job(
+    deployment: Deployment, hold_dir: Path
+) -> None:
+    env = {
+        **os.environ,
+        "AD_HOLD_DIR": str(hold_dir),
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "secret",
+    }
+    ws_url = deployment.proxy.url.replace("http://", "ws://")
+    cmd = [*agentdispatch_command(), "worker", "start", str(HOLD_AGENT), "--url", ws_url, "--port", "0"]
+    worker = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdin=subprocess.DEVNULL, cwd=str(HOLD_AGENT.parent)
+    )
+    try:
+        lk = deployment.api(deployment.proxy.url)
+        dispatch = await eventually(
+            lambda: lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="hold", room="call")
+            ),
+            what="CreateDispatch through haproxy",
+        )
+        started = await eventually(lambda: _started_files(hold_dir), timeout=60, what="the job to start")
+        job_id = started[0].name.removeprefix("started-")
+        job_pid = int(started[0].read_text().split()[0])
+        (job,) = await eventually(lambda: _jobs(lk, "call"), what="ListDispatch")
+        old_worker = job.state.worker_id
+        holder = await deployment.node_of(old_worker)
+        survivor = next(n for n in deployment.nodes if n is not holder)
+
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.stop()
+
+        lk2 = deployment.api(survivor.url)
+        moved = await eventually(
+            lambda: _job_where(lk2, "call", lambda j: j.state.worker_id not in ("", old_worker)),
+            timeout=60,
+            what="the worker to reconnect to the survivor and migrate its job",
+        )
+        assert moved.id == job_id and moved.state.status == JS_RUNNING
+        assert psutil.pid_exists(job_pid), "the job process kept running"
+        assert started[0].read_text().split() == [str(job_pid)], "the job was not started again"
+
+        (hold_dir / f"finish-{job_id}").touch()
+        await eventually(
+            lambda: _job_where(lk2, "call", lambda j: j.state.status == JS_SUCCESS), what="success"
+        )
+        (listed,) = await lk2.agent_dispatch.list_dispatch("call")
+        assert listed.id == dispatch.id
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.wait(), 30)
+        except TimeoutError:
+            worker.kill()
+            await asyncio.wait_for(worker.wait(), 10)
+
+
+async def _started_files(d: Path) -> list[Path]:
+    return await asyncio.to_thread(lambda: sorted(d.glob("started-*")))
+
+
+async def _jobs(lk: api.LiveKitAPI, room: str) -> list[agent.Job]:
+    return [j for d in await lk.agent_dispatch.list_dispatch(room) for j in d.state.jobs]
+
+
+async def _job_where(lk: api.LiveKitAPI, room: str, pred: Callable[[agent.Job], bool]) -> agent.Job | None:
+    return next((j for j in await _jobs(lk, room) if pred(j)), None)
