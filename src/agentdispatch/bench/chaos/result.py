@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 from rich.table import Table
@@ -19,10 +19,8 @@ from .analysis import (
     resumes,
     start_latency,
 )
+from .model import FinishedRun
 from .record import attempt_file_name
-
-if TYPE_CHECKING:
-    from .run import ChaosRun
 
 METHOD = {
     "server": "agentdispatch server --dev in its own process (testing.serverproc), INFO log in run_dir",
@@ -38,14 +36,14 @@ METHOD = {
 }
 
 
-def _outcomes(run: ChaosRun) -> list[DispatchOutcome]:
+def _outcomes(run: FinishedRun) -> list[DispatchOutcome]:
     return [
         t.outcome or DispatchOutcome(t.index, t.room, t.dispatch_id, create_error=t.create_error)
         for t in run.tracks
     ]
 
 
-def _timing(run: ChaosRun) -> dict[str, float | None]:
+def _timing(run: FinishedRun) -> dict[str, float | None]:
     tl = run.timeline
 
     def span(a: str, b: str) -> float | None:
@@ -58,7 +56,7 @@ def _timing(run: ChaosRun) -> dict[str, float | None]:
     }
 
 
-def _machine(run: ChaosRun) -> dict[str, Any]:
+def _machine(run: FinishedRun) -> dict[str, Any]:
     """How busy the whole machine was while dispatching (others' processes included: noise)."""
     before, after = run.cpu_before, run.cpu_after
     wall = run.timeline.get("all_ended", 0.0) - run.timeline.get("dispatch_start", 0.0)
@@ -70,12 +68,12 @@ def _machine(run: ChaosRun) -> dict[str, Any]:
     return {"cores_busy": busy, "load_average": [round(x, 2) for x in psutil.getloadavg()]}
 
 
-def _finished(run: ChaosRun, job_id: str, pid: int) -> bool:
+def _finished(run: FinishedRun, job_id: str, pid: int) -> bool:
     attempt = run.index.attempts.get(attempt_file_name(job_id, pid))
     return attempt is not None and attempt.end is not None
 
 
-def _kills(run: ChaosRun) -> dict[str, Any]:
+def _kills(run: FinishedRun) -> dict[str, Any]:
     s = run.s
     return {
         "worker": {
@@ -94,7 +92,7 @@ def _kills(run: ChaosRun) -> dict[str, Any]:
     }
 
 
-def build_result(run: ChaosRun, survivors: list[str], server_exit: int | None) -> dict[str, Any]:
+def build_result(run: FinishedRun, survivors: list[str], server_exit: int | None) -> dict[str, Any]:
     s, fleet = run.s, run.fleet
     outcomes = _outcomes(run)
     deaths = fleet.deaths if fleet else []
