@@ -1,11 +1,16 @@
 """A text agent: greets the user who joins its room, then echoes every chat message back.
 
-    agentdispatch server --dev                 # terminal 1: the dispatch server
-    python examples/echo_agent.py dev          # terminal 2: this worker
-    agentdispatch worker dev examples/echo_agent.py   # (the same, through the agentdispatch command)
+Try it (three terminals):
 
-Then create a dispatch for agent "echo" (livekit-api `create_dispatch`) and join the room through the
-presence endpoint with a user token; see docs/worker.md ("Try it").
+    agentdispatch server --dev                            # 1: the dispatch server (devkey / secret)
+    python examples/echo_agent.py dev                     # 2: this worker (agent name "echo")
+    agentdispatch worker dev examples/echo_agent.py       #    ... or the same through `agentdispatch`
+    agentdispatch token create --room demo -i alice --agent echo   # 3: a user token that dispatches "echo"
+
+Connecting as that user to ws://127.0.0.1:7880/presence?access_token=<token> joins room "demo" and
+dispatches the agent; send ``{"type": "data", "payload": "hi", "topic": "chat"}`` and the agent answers
+``echo: hi`` (the JSON messages are in docs/presence.md; `agentdispatch dispatch create --room demo
+--agent-name echo` dispatches it without a token). tests/worker/test_worker_echo.py does exactly this.
 """
 
 from __future__ import annotations

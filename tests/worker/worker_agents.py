@@ -37,6 +37,17 @@ def prewarm_hang(proc: JobProcess) -> None:
     time.sleep(3600)
 
 
+def gate_path() -> Path:
+    """A file the test creates to let `prewarm_gated` finish (per process group: the test run's)."""
+    return Path(f"/tmp/agentdispatch-test-gate-{os.getpgrp()}")
+
+
+def prewarm_gated(proc: JobProcess) -> None:
+    deadline = time.monotonic() + 60
+    while not gate_path().exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def prewarm_fail(proc: JobProcess) -> None:
     raise RuntimeError("model file missing")
 
