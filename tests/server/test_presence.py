@@ -233,3 +233,21 @@ async def test_full_room_refuses_the_join(harness: Any, make_token: MakeToken) -
     await harness.wait_for(lambda: bob.closed, what="refused socket closed")
     assert bob.of_type("joined") == []
     assert alice.of_type("participant_joined") == []
+
+
+async def test_a_participant_who_reconnects_keeps_its_running_job(
+    harness: Any, make_token: MakeToken
+) -> None:
+    """Same identity, second connection: the JT_PARTICIPANT job already running for it is kept."""
+    w = await harness.worker(job_type=agent.JobType.JT_PARTICIPANT)
+    first = await harness.presence(join_token(make_token, "again", "alice"))
+    [offer] = await w.wait_offers(1)
+    assert offer.job.participant.identity == "alice"
+    await w.wait_assignments(1)
+    second = await harness.presence(join_token(make_token, "again", "alice"))  # same identity reconnects
+    await second.wait_event("joined")
+    bob = await harness.presence(join_token(make_token, "again", "bob"))
+    await w.wait_offers(2)  # bob's job: the fence showing alice's rejoin was handled before it
+    assert [o.job.participant.identity for o in w.received.offers] == ["alice", "bob"]
+    await bob.aclose()
+    await first.aclose()

@@ -103,7 +103,7 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
     type=int,
     default=8 * 1024 * 1024,
     show_default=True,
-    help="Disconnect a worker with more than this many bytes queued to it.",
+    help="No new offers to a worker with more bytes queued to it; 4x: disconnect it.",
 )
 @click.option(
     "--header-timeout",

@@ -75,6 +75,7 @@ class AgentEndpoint:
         await ws.prepare(request)
         limits = OutboxLimits(cfg.worker_outbox_bytes, cfg.worker_send_timeout)
         session = WorkerSession(ws, api_key, request.transport, limits, self._deps.clock.wall_ns())
+        session.on_drained = lambda: self._deps.dispatcher.worker_available(session)
         self._sessions.add(session)
         writer = asyncio.get_running_loop().create_task(session.run_writer(), name=f"writer:{session.id}")
         try:

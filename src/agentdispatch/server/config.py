@@ -45,7 +45,7 @@ class ServerConfig:
     redis_url: str = ""
     #: bytes the jobs waiting for a worker may hold (job records incl. metadata); over it: resource_exhausted
     queue_bytes_limit: int = 256 * 1024 * 1024
-    #: bytes queued to one worker before it is disconnected as not reading
+    #: bytes queued to one worker above which it gets no new offers; at 4x it is disconnected as not reading
     worker_outbox_bytes: int = 8 * 1024 * 1024
     #: seconds a worker's socket may take to accept one frame before it is disconnected
     worker_send_timeout: float = 10.0

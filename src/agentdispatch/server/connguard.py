@@ -55,8 +55,9 @@ class _Conn:
 
 class _Refuse(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.WriteTransport):
-            transport.write(REFUSAL)
+        write = getattr(transport, "write", None)  # uvloop's transports do not subclass asyncio's
+        if write is not None:
+            write(REFUSAL)
         transport.close()
 
 
@@ -121,11 +122,7 @@ class ConnectionGuard:
         now = self._clock.monotonic()
         for proto, conn in list(self._conns.items()):
             transport: Any = getattr(proto, "transport", None)
-            if transport is None:
-                if now - conn.opened > self._header_timeout:
-                    del self._conns[proto]  # never connected or already released by aiohttp
-                continue
-            if transport.is_closing():
+            if transport is None or transport.is_closing():  # aiohttp drops it when the connection is lost
                 del self._conns[proto]
                 continue
             if conn.busy == 0 and now - conn.idle_since > self._header_timeout:

@@ -26,6 +26,10 @@ class FleetView:
     def workers(self) -> list[WorkerSummary]:
         return [self._registry.summary(w) for w in self._registry if w.reg is not None]
 
+    def worker(self, worker_id: str) -> WorkerSummary | None:
+        session = self._registry.get(worker_id)
+        return None if session is None or session.reg is None else self._registry.summary(session)
+
     def waiting(self) -> list[WaitingSummary]:
         """Jobs queued for a worker, per agent name, with how long the oldest has waited."""
         now_ns = self._clock.wall_ns()

@@ -121,9 +121,13 @@ class WorkerRegistry:
         """An unanswered offer counts against the worker; returns the backoff it now serves."""
         load = session.load
         load.offers.discard(job_id)
+        now = self._clock.monotonic()
+        if load.backoff_until > now:  # offers sent before the first timeout: one failure, not many
+            self._rerank(session)
+            return load.backoff_until - now
         load.timeouts += 1
         backoff = min(self._rules.max_backoff, self._rules.offer_timeout * 2.0 ** (load.timeouts - 1))
-        load.backoff_until = self._clock.monotonic() + backoff
+        load.backoff_until = now + backoff
         self._rerank(session)
         return backoff
 
@@ -184,7 +188,7 @@ class WorkerRegistry:
     def _fresh(self, session: WorkerSession) -> bool:
         load = session.load
         now = self._clock.monotonic()
-        if load.backoff_until > now:
+        if load.backoff_until > now or session.backpressured:
             return False
         stale = self._rules.status_stale_after
         return not (stale > 0 and load.last_status_at is not None and now - load.last_status_at > stale)

@@ -2,8 +2,9 @@
 
 Nothing awaits a worker's socket except the session's own writer task: `post()` queues a frame and
 returns at once, so a worker that stops reading can never stall a Twirp call or another worker.
-A worker whose outbox overflows its byte budget, or whose socket does not take a frame within the
-send timeout, is disconnected with a reason (its offers then go elsewhere).
+Over its byte budget a worker gets no new offers until its outbox drains; a worker whose socket does
+not take a frame within the send timeout, or whose outbox reaches four times the budget, is
+disconnected with a reason (its offers then go elsewhere).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import enum
 import logging
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -100,7 +102,7 @@ def validate_register(req: agent.RegisterWorkerRequest, default_ping: float) -> 
 
 @dataclass(frozen=True)
 class OutboxLimits:
-    #: bytes queued for one worker before it is disconnected as not reading
+    #: bytes queued for one worker above which it gets no new offers (x4: it is disconnected)
     max_bytes: int = 8 * 1024 * 1024
     #: seconds one frame may take to be handed to the socket before the worker is disconnected
     send_timeout: float = 10.0
@@ -133,6 +135,8 @@ class WorkerSession:
         self._queue: deque[bytes | str] = deque()
         self._queued_bytes = 0
         self._wakeup = asyncio.Event()
+        #: called when the outbox drains back under its budget (the dispatcher offers waiting jobs)
+        self.on_drained: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         name = self.reg.agent_name if self.reg else "?"
@@ -168,8 +172,9 @@ class WorkerSession:
             return False
         data = encode(msg, self.encoding)
         size = len(data)
-        if self._queued_bytes + size > self._limits.max_bytes:
-            self.cut_off(f"outbound queue over {self._limits.max_bytes} bytes: worker is not reading")
+        hard = 4 * self._limits.max_bytes
+        if self._queued_bytes and self._queued_bytes + size > hard:
+            self.cut_off(f"outbound queue over {hard} bytes: worker is not reading")
             return False
         self._queue.append(data)
         self._queued_bytes += size
@@ -179,6 +184,11 @@ class WorkerSession:
     @property
     def queued_bytes(self) -> int:
         return self._queued_bytes
+
+    @property
+    def backpressured(self) -> bool:
+        """Over its outbox budget: no new offers until the writer catches up."""
+        return self._queued_bytes > self._limits.max_bytes
 
     async def run_writer(self) -> None:
         """Hand queued frames to the socket, one at a time; runs until the connection ends."""
