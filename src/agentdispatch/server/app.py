@@ -28,6 +28,7 @@ from .joblog import JobLog
 from .ops import Operations
 from .presence import PresenceHub
 from .registry import SelectionRules, WorkerRegistry
+from .room_service import RoomAdminService
 from .rooms import RoomManager
 from .store import Store, open_store
 from .twirp import TwirpServices
@@ -71,6 +72,8 @@ class DispatchServer:
             AgentEndpointDeps(config, self.keys, self.dispatcher, self.node_id, self.version, clock)
         )
         self.twirp = TwirpServices(self.keys, self.rooms, self.store, config.body_timeout, clock)
+        for path, method in RoomAdminService(self.rooms, self.presence).methods().items():
+            self.twirp.add_method(path, method)
         self.ops = Operations(config, self.events, self.keys, clock, self.node_id, self.version, self.fleet)
         self._guard: ConnectionGuard | None = None
         self._runner: web.AppRunner | None = None

@@ -143,12 +143,12 @@ class PresenceHub:
                 task.cancel()
 
     def participant_joined(self, room: str, participant: models.ParticipantInfo) -> None:
-        self._broadcast(
+        self.broadcast(
             room, {"type": "participant_joined", "participant": to_dict(participant)}, participant.identity
         )
 
     def participant_left(self, room: str, participant: models.ParticipantInfo) -> None:
-        self._broadcast(
+        self.broadcast(
             room, {"type": "participant_left", "participant": to_dict(participant)}, participant.identity
         )
 
@@ -157,10 +157,28 @@ class PresenceHub:
             conn.post({"type": "room_closed", "reason": reason})
             conn.close_soon()
 
-    def _broadcast(self, room: str, event: dict[str, Any], skip: str = "") -> None:
+    def broadcast(self, room: str, event: dict[str, Any], skip: str = "") -> None:
         for identity, conn in self._rooms.get(room, {}).items():
             if identity != skip:
                 conn.post(event)
+
+    def send_data(self, room: str, event: dict[str, Any], identities: list[str]) -> int:
+        """Relay a data event from the server (RoomService.SendData); how many got it."""
+        sent = 0
+        for identity, conn in self._rooms.get(room, {}).items():
+            if not identities or identity in identities:
+                conn.post(event)
+                sent += 1
+        return sent
+
+    def remove(self, room: str, identity: str, reason: str) -> bool:
+        """Disconnect one participant (RoomService.RemoveParticipant); False if it is not connected here."""
+        conn = self._rooms.get(room, {}).get(identity)
+        if conn is None:
+            return False
+        conn.post({"type": "removed", "reason": reason})
+        conn.close_soon()
+        return True
 
     # endpoint ------------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:

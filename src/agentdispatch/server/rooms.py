@@ -314,6 +314,21 @@ class RoomManager:
     async def participants(self, room_name: str) -> list[models.ParticipantInfo]:
         return await self._store.list_participants(room_name)
 
+    async def exists(self, room_name: str) -> bool:
+        return await self._store.get_room(room_name) is not None
+
+    async def save_participant(self, room_name: str, participant: models.ParticipantInfo) -> None:
+        """Store a changed participant record (UpdateParticipant)."""
+        await self._store.add_participant(room_name, participant)
+
+    async def set_metadata(self, room_name: str, metadata: str) -> models.Room:
+        room = await self._store.get_room(room_name)
+        if room is None:
+            raise TwirpError("not_found", f"room {room_name!r} does not exist")
+        room.metadata = metadata
+        await self._store.update_room(room)
+        return room
+
     async def publish(self, room_name: str, identity: str) -> None:
         for p in await self._store.list_participants(room_name):
             if p.identity == identity and not p.is_publisher:
