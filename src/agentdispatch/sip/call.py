@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aiosipua import IncomingCall
+from aiosipua import IncomingCall, SipRequest
 from aiosipua.rtp_bridge import CallSession
 from aiosipua.sdp_negotiate import SdpNegotiationError
 from livekit import api
@@ -121,9 +121,14 @@ class Call:
         self.shutdown = asyncio.Event()
         self.job_error = ""
         self._created_room = False
+        self._ringing_sent = False
         self._leg: RoomLeg | None = None
         self._media: CallSession | None = None
         self._port = 0
+
+    @property
+    def invite(self) -> IncomingCall:
+        return self._inv
 
     @property
     def log_fields(self) -> dict[str, str]:
@@ -176,6 +181,7 @@ class Call:
             self._reject(self._policy.final_status, f"room/dispatch failed: {exc}")
             return False
         self._inv.ringing()
+        self._ringing_sent = True
         return await self._wait_for_agent()
 
     async def _open_room(self) -> None:
@@ -295,6 +301,17 @@ class Call:
                     await rooms.delete_dispatch(room, dispatch_id)
             if self._created_room and not self._route.room_is_shared:
                 await rooms.delete_room(room, "SIP call ended")
+
+    def is_retransmission(self, request: SipRequest) -> bool:
+        """The same INVITE again (same branch and CSeq): repeat our last provisional response."""
+        via, mine = request.via, self._inv.invite.via
+        if not via or not mine or via[0].branch != mine[0].branch:
+            return False
+        if self.record.state is CallState.RINGING and self._ringing_sent:
+            self._inv.ringing()
+        elif self.record.state is CallState.RINGING:
+            self._inv.trying()
+        return True
 
     def stop(self) -> None:
         """Gateway shutdown: a ringing call gets the final code, an answered one a BYE."""

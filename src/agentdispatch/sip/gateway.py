@@ -33,6 +33,7 @@ from .twirp_sip import SipTwirp
 log = logging.getLogger("agentdispatch.sip.gateway")
 
 HISTORY = 10_000  # ended calls kept for statistics()
+LINGER = 32.0  # seconds (64 x T1) an ended call stays known to the UAS, for late ACKs and retransmissions
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class SipGateway:
         self._ports = PortAllocator(config.rtp_ports)
         self._calls: dict[str, Call] = {}  # by SIP Call-ID
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self.history: deque[CallRecord] = deque(maxlen=HISTORY)
         self._uas: list[SipUAS] = []
         self._env: CallEnv | None = None
@@ -103,6 +105,7 @@ class SipGateway:
         self._env = self._call_env()
         for attempt in range(20):
             udp = GatewayUdpTransport(local_addr=(self.config.host, self.config.port))
+            udp.is_retransmission = self._is_retransmission
             await self._start_uas(udp)
             self.port = udp.local_addr[1]  # the port actually bound (config.port may be 0)
             if not self.config.tcp:
@@ -133,12 +136,19 @@ class SipGateway:
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=10)
         await self._tasks.aclose()
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
         self._unsubscribe()
         for uas in self._uas:
             await uas.stop()
         self._uas.clear()
 
     # -- SIP events (synchronous callbacks from the UAS) -------------------------------------------
+    def _is_retransmission(self, request: SipRequest) -> bool:
+        call = self._calls.get(request.call_id or "")
+        return call is not None and call.is_retransmission(request)
+
     def _on_invite(self, inv: IncomingCall) -> None:
         if inv.call_id in self._calls:
             return  # a retransmitted INVITE: the call is already under way
@@ -148,12 +158,14 @@ class SipGateway:
         if route is None:
             log.info("call refused: no trunk or dispatch rule", extra={"caller": caller, "called": called})
             final_response(inv, 404, 0)
+            self._forget_later(inv)
             return
         policy = TrunkPolicy.of(route.trunk, self.config)
         if policy.max_calls and self._trunk_calls(route.trunk.sip_trunk_id) >= policy.max_calls:
             log.info("call refused: trunk at its limit", extra={"trunk_id": route.trunk.sip_trunk_id})
             final_response(inv, policy.limit_status, policy.retry_after)
             self._record_refusal(inv, route, policy.limit_status, "trunk at its concurrent-call limit")
+            self._forget_later(inv)
             return
         if self._env is None:
             final_response(inv, 503, self.config.retry_after)
@@ -174,6 +186,21 @@ class SipGateway:
             self._calls.pop(call.record.sip_call_id, None)
             self._running.pop(call.record.sip_call_id, None)
             self.history.append(call.record)
+            self._forget_later(call.invite)
+
+    def _forget_later(self, inv: IncomingCall) -> None:
+        """aiosipua forgets a call on BYE/CANCEL from the caller or the ACK of an error, but not after
+        our own BYE or an error nobody ACKs: drop it from the UAS after LINGER so memory stays bounded."""
+        old = self._lingering.pop(inv.call_id, None)
+        if old is not None:
+            old.cancel()
+        self._lingering[inv.call_id] = asyncio.get_running_loop().call_later(LINGER, self._forget, inv)
+
+    def _forget(self, inv: IncomingCall) -> None:
+        self._lingering.pop(inv.call_id, None)
+        for uas in self._uas:
+            if uas.get_call(inv.call_id) is inv:
+                uas._calls.pop(inv.call_id, None)  # no public way to drop a call
 
     def _on_cancel(self, request: SipRequest, addr: Any) -> None:
         call = self._calls.get(request.call_id or "")

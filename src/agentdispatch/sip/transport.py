@@ -2,13 +2,15 @@
 
 aiosipua 0.7.1's UDP protocol asserts `isinstance(transport, asyncio.DatagramTransport)`, which the
 selector loop's datagram transport is not on Python 3.11 (it is from 3.12). This subclass binds the
-socket itself and hands datagrams to the library's parser/dispatcher unchanged.
+socket itself and hands datagrams to the library's parser/dispatcher. It also catches retransmitted
+INVITEs first: aiosipua would take one for a new call (a second dialog with another tag).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiosipua import SipMessage, SipRequest, parse_via, stringify_via
@@ -26,6 +28,19 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class GatewayUdpTransport(UdpSipTransport):
+    #: called with each INVITE before the UAS sees it; True = a retransmission, already answered
+    is_retransmission: Callable[[SipRequest], bool] | None = None
+
+    def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
+        if data[:6] == b"INVITE" and self.is_retransmission is not None:
+            try:
+                msg = SipMessage.parse(data)
+            except ValueError:
+                msg = None  # the library parses it again and logs why it is malformed
+            if isinstance(msg, SipRequest) and self.is_retransmission(msg):
+                return
+        super()._dispatch(data, addr)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
