@@ -71,7 +71,7 @@ class AdminApi:
     def __init__(self, observer: FleetObserver, auth: AdminAuth) -> None:
         self._observer = observer
         self._auth = auth
-        self._streams: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
+        self._streams: set[asyncio.Queue[bytes | None]] = set()
         observer.add_listener(self._on_event)
         self._static = resources.files("agentdispatch.server").joinpath("dashboard")
 
@@ -134,9 +134,10 @@ class AdminApi:
                 self._push({"type": "worker", "kind": "jobs", "detail": "", "worker": worker_dict(worker)})
 
     def _push(self, payload: dict[str, Any]) -> None:
+        frame = sse_frame(str(payload["type"]), payload)  # encoded once for every reader
         for queue in list(self._streams):
             try:
-                queue.put_nowait((str(payload["type"]), payload))
+                queue.put_nowait(frame)
             except asyncio.QueueFull:  # a reader that stopped reading: end its stream
                 self._streams.discard(queue)
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -148,19 +149,23 @@ class AdminApi:
         self._auth.check(request)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(SSE_QUEUE)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(SSE_QUEUE)
         self._streams.add(queue)
         try:
-            await _send(resp, "snapshot", self.status_doc())
+            await resp.write(sse_frame("snapshot", self.status_doc()))
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), SNAPSHOT_INTERVAL)
+                    async with asyncio.timeout(SNAPSHOT_INTERVAL):
+                        first = await queue.get()
                 except TimeoutError:
-                    await _send(resp, "snapshot", self.status_doc())
+                    await resp.write(sse_frame("snapshot", self.status_doc()))
                     continue
-                if item is None:
+                frames = [first]
+                while not queue.empty() and frames[-1] is not None:  # one write for a burst
+                    frames.append(queue.get_nowait())
+                await resp.write(b"".join(f for f in frames if f is not None))
+                if frames[-1] is None:
                     break
-                await _send(resp, *item)
         except ConnectionResetError:
             pass  # the reader went away: nothing to tell it
         finally:
@@ -188,5 +193,5 @@ class AdminApi:
         )
 
 
-async def _send(resp: web.StreamResponse, event: str, data: dict[str, Any]) -> None:
-    await resp.write(f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())
+def sse_frame(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

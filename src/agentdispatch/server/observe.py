@@ -152,6 +152,7 @@ class FleetObserver:
     node_id: str = ""
     source: WorkerSource | None = None
     _workers: dict[str, WorkerSummary] = field(default_factory=dict)
+    _held: dict[str, set[str]] = field(default_factory=dict)  # worker id -> ids of the jobs it runs
     _recent: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     latencies: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     _tracks: dict[str, JobTrack] = field(default_factory=dict)
@@ -177,6 +178,8 @@ class FleetObserver:
         w = event.worker
         if event.kind is WorkerEventKind.DISCONNECTED:
             self._workers.pop(w.worker_id, None)
+            if not self._held.get(w.worker_id):
+                self._held.pop(w.worker_id, None)
         else:
             self._workers[w.worker_id] = w
         return {"type": "worker", "kind": event.kind.value, "detail": event.detail, "worker": worker_dict(w)}
@@ -209,13 +212,27 @@ class FleetObserver:
         elif kind in (JobEventKind.ASSIGNED, JobEventKind.MIGRATED):
             track.accepted = track.accepted or at
             track.waiting_since = None
-            track.worker_id = worker_id
+            self._hold(track, worker_id)
         elif kind is JobEventKind.RUNNING and track.running is None:
             track.running = at
             track.waiting_since = None
             self.latencies.append((self.clock.wall_ns() // 1_000_000, at - track.created))
         elif kind is JobEventKind.ORPHANED:
-            track.worker_id = ""
+            self._hold(track, "")
+        if kind in (JobEventKind.RESTARTING, JobEventKind.ENDED):
+            self._hold(track, "")
+
+    def _hold(self, track: JobTrack, worker_id: str) -> None:
+        """Move the job to `worker_id`'s jobs ("" = no worker holds it)."""
+        if track.worker_id:
+            jobs = self._held.get(track.worker_id)
+            if jobs is not None:
+                jobs.discard(track.job_id)
+                if not jobs and track.worker_id not in self._workers:
+                    del self._held[track.worker_id]
+        track.worker_id = worker_id
+        if worker_id:
+            self._held.setdefault(worker_id, set()).add(track.job_id)
 
     def stage_times(self, job_id: str) -> StageTimes | None:
         t = self._tracks.get(job_id)
@@ -240,18 +257,20 @@ class FleetObserver:
 
     # -- reading -----------------------------------------------------------------------------------
     def worker(self, worker_id: str) -> WorkerSummary | None:
-        return next((w for w in self.workers() if w.worker_id == worker_id), None)
+        """One worker as its last event showed it, with the jobs it holds now (O(1), for live patches)."""
+        w = self._workers.get(worker_id)
+        if w is None:
+            return None
+        return replace(w, active_jobs=len(self._held.get(worker_id, ())))
 
     def workers(self) -> list[WorkerSummary]:
-        """Registered workers; without a source, `active_jobs` is counted from the job events."""
+        """Registered workers: from the source when there is one, else from the events."""
         if self.source is not None:
             found = self.source.workers()
         else:
-            held: dict[str, int] = {}
-            for t in self._tracks.values():
-                if t.worker_id and t.waiting_since is None and t.accepted is not None:
-                    held[t.worker_id] = held.get(t.worker_id, 0) + 1
-            found = [replace(w, active_jobs=held.get(w.worker_id, 0)) for w in self._workers.values()]
+            found = [
+                replace(w, active_jobs=len(self._held.get(w.worker_id, ()))) for w in self._workers.values()
+            ]
         return sorted(found, key=lambda w: (w.agent_name, w.worker_id))
 
     def waiting(self) -> dict[str, Waiting]:

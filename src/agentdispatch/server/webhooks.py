@@ -5,10 +5,11 @@ claim is the base64 SHA-256 of the body — what livekit-api's `WebhookReceiver`
 Room and participant events use LiveKit's names; job events carry the job in `WebhookEvent.job`
 (`agent_job_pending` is LiveKit's name; the others are ours, listed in docs/operations.md).
 
-Delivery never blocks dispatch: events go into a bounded queue per URL (full: the oldest is dropped,
-counted, and reported in the next event's `num_dropped`), one task per URL posts them in order and
-retries a failed post with exponential backoff up to `max_attempts`, then gives the event up (counted
-and logged) and moves on.
+Delivery never blocks dispatch: events go into bounded queues per URL — `lanes` of them, each with one
+task posting in order; all events of one room share a lane, so a receiver sees each room's events in
+order while rooms proceed side by side. A full lane drops its oldest event (counted, and reported in
+the lane's next event's `num_dropped`). A failed post is retried with exponential backoff up to
+`max_attempts`, then the event is given up (counted and logged) and the lane moves on.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime
 import hashlib
 import logging
+import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
 import aiohttp
 from google.protobuf import json_format
-from livekit import api
-from livekit.protocol import agent, webhook
+from livekit.protocol import webhook
 
+from ..protocol import hs256
 from ..protocol.errors import ConfigError
 from ..protocol.ids import new_id
 from ..util import Clock, TaskSet
@@ -51,7 +53,9 @@ class WebhookOptions:
     api_key: str
     api_secret: str
     #: events waiting per URL; over it the oldest is dropped
-    queue_size: int = 1000
+    queue_size: int = 10_000
+    #: concurrent ordered streams per URL; the events of one room always share one (so stay in order)
+    lanes: int = 4
     #: posts per event before it is given up
     max_attempts: int = 12
     backoff_initial: float = 0.1
@@ -68,8 +72,8 @@ class WebhookOptions:
                 raise ConfigError(f"webhook URL must be http(s)://, got {url!r}")
         if not self.api_key or not self.api_secret:
             raise ConfigError("webhooks need an API key and secret to sign with")
-        if self.queue_size < 1 or self.max_attempts < 1:
-            raise ConfigError("webhook queue_size and max_attempts must be >= 1")
+        if self.queue_size < 1 or self.max_attempts < 1 or self.lanes < 1:
+            raise ConfigError("webhook queue_size, lanes and max_attempts must be >= 1")
         if not 0 < self.backoff_initial <= self.backoff_max:
             raise ConfigError("webhook backoff must satisfy 0 < initial <= max")
 
@@ -88,23 +92,24 @@ def to_webhook_event(event: Event, clock: Clock) -> webhook.WebhookEvent | None:
         if name is None:
             return None
         out.event = name
-        job = agent.Job()
-        job.CopyFrom(event.job)
-        out.job.CopyFrom(job)
+        out.job.CopyFrom(event.job)  # a copy: the record changes on
         out.room.CopyFrom(event.job.room)
         return out
     return None
 
 
-def sign(body: str, api_key: str, api_secret: str, ttl: float = 300.0) -> str:
+def sign(body: str, api_key: str, api_secret: str, ttl: float = 300.0, now: float | None = None) -> str:
     """The Authorization value LiveKit sends: a JWT whose sha256 claim is the body's digest."""
     digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-    token = api.AccessToken(api_key, api_secret).with_sha256(digest)
-    return token.with_ttl(datetime.timedelta(seconds=ttl)).to_jwt()
+    issued = int(time.time() if now is None else now)
+    claims = {"iss": api_key, "nbf": issued, "exp": issued + int(ttl), "sha256": digest, "video": {}}
+    return hs256.encode(claims, api_secret)
 
 
 @dataclass
-class _Target:
+class _Lane:
+    """One ordered stream of events to one URL: every event of a room goes through the same lane."""
+
     url: str
     queue: deque[webhook.WebhookEvent] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -119,7 +124,8 @@ class WebhookSender:
     def __init__(self, options: WebhookOptions, clock: Clock) -> None:
         self._options = options
         self._clock = clock
-        self._targets = [_Target(url) for url in options.urls]
+        self._lanes = {url: [_Lane(url) for _ in range(options.lanes)] for url in options.urls}
+        self._lane_size = max(1, -(-options.queue_size // options.lanes))
         self._tasks = TaskSet("webhooks")
         self._session: aiohttp.ClientSession | None = None
         self._started = False
@@ -129,7 +135,7 @@ class WebhookSender:
         self.dropped = 0
 
     def statistics(self) -> WebhookStats:
-        queued = sum(len(t.queue) + (1 if t.busy else 0) for t in self._targets)
+        queued = sum(len(t.queue) + (1 if t.busy else 0) for t in self._all_lanes())
         return WebhookStats(self.delivered, self.failed_attempts, self.dropped, queued)
 
     def on_event(self, event: Event) -> None:
@@ -140,23 +146,33 @@ class WebhookSender:
             return
         if not self._started:
             self._start()
-        for target in self._targets:
-            if len(target.queue) >= self._options.queue_size:
-                gone = target.queue.popleft()
-                target.dropped_since_sent += 1
-                self.dropped += 1
-                extra = {"url": target.url, "event": gone.event}
-                log.warning("webhook queue full, dropped oldest", extra=extra)
-            target.queue.append(message)
-            target.idle.clear()
-            target.wake.set()
+        index = zlib.crc32(message.room.name.encode()) % self._options.lanes
+        for lanes in self._lanes.values():
+            self._enqueue(lanes[index], message)
+
+    def _enqueue(self, lane: _Lane, message: webhook.WebhookEvent) -> None:
+        if len(lane.queue) >= self._lane_size:
+            gone = lane.queue.popleft()
+            lane.dropped_since_sent += 1
+            self.dropped += 1
+            if lane.dropped_since_sent == 1:  # once per run of drops, not once per event
+                log.warning(
+                    "webhook queue full, dropping the oldest", extra={"url": lane.url, "event": gone.event}
+                )
+        lane.queue.append(message)
+        lane.idle.clear()
+        lane.wake.set()
+
+    def _all_lanes(self) -> list[_Lane]:
+        return [lane for lanes in self._lanes.values() for lane in lanes]
 
     def _start(self) -> None:
         self._started = True
-        for target in self._targets:
-            self._tasks.spawn(self._deliver_loop(target), f"deliver:{target.url}")
+        for url, lanes in self._lanes.items():
+            for i, lane in enumerate(lanes):
+                self._tasks.spawn(self._deliver_loop(lane), f"deliver:{url}#{i}")
 
-    async def _deliver_loop(self, target: _Target) -> None:
+    async def _deliver_loop(self, target: _Lane) -> None:
         while True:
             while not target.queue:
                 target.idle.set()
@@ -169,7 +185,7 @@ class WebhookSender:
             finally:
                 target.busy = False
 
-    async def _deliver(self, target: _Target, message: webhook.WebhookEvent) -> None:
+    async def _deliver(self, target: _Lane, message: webhook.WebhookEvent) -> None:
         message.num_dropped = target.dropped_since_sent
         body = json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
         delay = self._options.backoff_initial
@@ -216,7 +232,7 @@ class WebhookSender:
         self._closing = True
         if self._started:
             with contextlib.suppress(TimeoutError):
-                idle = [t.idle.wait() for t in self._targets]
+                idle = [t.idle.wait() for t in self._all_lanes()]
                 await asyncio.wait_for(asyncio.gather(*idle), self._options.flush_timeout)
         await self._tasks.aclose()
         if self._session is not None:
