@@ -29,8 +29,8 @@ from agentdispatch.bench.chaos.analysis import (
     resumes,
 )
 from agentdispatch.bench.chaos.fleet import Death
+from agentdispatch.bench.chaos.model import ChaosSettings, plan_kills
 from agentdispatch.bench.chaos.record import Attempt, job_metadata, parse_job_metadata, write_attempt
-from agentdispatch.bench.chaos.run import ChaosSettings, plan_kills
 from agentdispatch.bench.chaos.watch import AttemptIndex
 from agentdispatch.protocol import ConfigError
 

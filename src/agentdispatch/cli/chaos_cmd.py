@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from ..bench.chaos.model import ChaosSettings
 from ..bench.chaos.result import chaos_table
-from ..bench.chaos.run import ChaosSettings, default_json_path, run_chaos
+from ..bench.chaos.run import default_json_path, run_chaos
 from .output import run_benchmark, settings_from_options
 
 
