@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -72,7 +73,7 @@ class AdminApi:
         self._observer = observer
         self._auth = auth
         self._streams: set[asyncio.Queue[bytes | None]] = set()
-        observer.add_listener(self._on_event)
+        self._unsubscribe: Callable[[], None] | None = None  # listening only while a stream is open
         self._static = resources.files("agentdispatch.server").joinpath("dashboard")
 
     def routes(self) -> list[web.RouteDef]:
@@ -150,6 +151,8 @@ class AdminApi:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(SSE_QUEUE)
+        if self._unsubscribe is None:
+            self._unsubscribe = self._observer.add_listener(self._on_event)
         self._streams.add(queue)
         try:
             await resp.write(sse_frame("snapshot", self.status_doc()))
@@ -170,6 +173,9 @@ class AdminApi:
             pass  # the reader went away: nothing to tell it
         finally:
             self._streams.discard(queue)
+            if not self._streams and self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
         return resp
 
     # -- dashboard ------------------------------------------------------------------------------------

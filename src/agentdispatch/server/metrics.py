@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from livekit.protocol import agent
@@ -90,6 +91,7 @@ class ServerMetrics:
         )
         r.register(_FleetCollector(observer, per_job_load, version, webhook_stats))
         self._status: dict[str, int] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, JobEvent):
@@ -100,28 +102,43 @@ class ServerMetrics:
     def _on_job(self, event: JobEvent) -> None:
         name, kind = event.job.agent_name, event.kind
         if kind is JobEventKind.CREATED:
-            self.jobs_created.labels(name).inc()
+            self._child(self.jobs_created, name).inc()
         elif kind is JobEventKind.DECLINED:
-            self.offers.labels(name, "declined").inc()
+            self._child(self.offers, name, "declined").inc()
         elif kind is JobEventKind.OFFER_TIMEOUT:
-            self.offers.labels(name, "timeout").inc()
+            self._child(self.offers, name, "timeout").inc()
         elif kind is JobEventKind.ASSIGNED:
-            self.offers.labels(name, "accepted").inc()
-            self._observe_stage(event, "offered_to_accepted")
-            self._observe_stage(event, "created_to_offered")
+            self._child(self.offers, name, "accepted").inc()
+            t = self._observer.track(event.job.id)
+            if t is not None and t.offered is not None and t.accepted is not None:
+                self._child(self.stage_seconds, name, "created_to_offered").observe(
+                    max(0.0, t.offered - t.created)
+                )
+                self._child(self.stage_seconds, name, "offered_to_accepted").observe(
+                    max(0.0, t.accepted - t.offered)
+                )
         elif kind is JobEventKind.RUNNING:
-            self._observe_stage(event, "accepted_to_running")
-            self._observe_stage(event, "created_to_running")
+            t = self._observer.track(event.job.id)
+            if t is not None and t.running is not None:
+                if t.accepted is not None:
+                    running = max(0.0, t.running - t.accepted)
+                    self._child(self.stage_seconds, name, "accepted_to_running").observe(running)
+                self._child(self.stage_seconds, name, "created_to_running").observe(
+                    max(0.0, t.running - t.created)
+                )
         elif kind is JobEventKind.RESTARTING:
-            self.restarts.labels(name).inc()
+            self._child(self.restarts, name).inc()
         elif kind is JobEventKind.ENDED:
-            self.jobs_ended.labels(name, status_name(event.job.state.status), reason_label(event.job)).inc()
+            job = event.job
+            self._child(self.jobs_ended, name, status_name(job.state.status), reason_label(job)).inc()
 
-    def _observe_stage(self, event: JobEvent, stage: str) -> None:
-        times = self._observer.stage_times(event.job.id)
-        value = None if times is None else getattr(times, stage)
-        if value is not None:
-            self.stage_seconds.labels(event.job.agent_name, stage).observe(value)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), cached (labels() takes a lock and validates on every call)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _on_worker(self, event: WorkerEvent) -> None:
         w = event.worker

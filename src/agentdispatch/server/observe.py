@@ -115,16 +115,6 @@ class JobTrack:
     worker_id: str = ""
 
 
-@dataclass(frozen=True)
-class StageTimes:
-    """Seconds between the stages of one job, for the latency histograms (None: stage skipped)."""
-
-    created_to_offered: float | None
-    offered_to_accepted: float | None
-    accepted_to_running: float | None
-    created_to_running: float | None
-
-
 @dataclass
 class Waiting:
     count: int = 0
@@ -160,21 +150,29 @@ class FleetObserver:
 
     # -- feeding -----------------------------------------------------------------------------------
     def __call__(self, event: Event) -> None:
+        listening = bool(self._listeners)  # payloads are built only for listeners and recent jobs
+        payload: dict[str, Any] | None
         if isinstance(event, JobEvent):
-            payload = self._on_job(event)
+            payload = self._on_job(event, listening)
         elif isinstance(event, WorkerEvent):
-            payload = self._on_worker(event)
+            payload = self._on_worker(event, listening)
         else:
-            payload = room_dict(event)
-        for listener in tuple(self._listeners):
-            listener(event, payload)
+            payload = room_dict(event) if listening else None
+        if payload is not None and listening:
+            for listener in tuple(self._listeners):
+                listener(event, payload)
 
     def add_listener(self, listener: Callable[[Event, dict[str, Any]], None]) -> Callable[[], None]:
         """Called after the model took an event in, with the event as JSON-ready dict (SSE, CLI)."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def _on_worker(self, event: WorkerEvent) -> dict[str, Any]:
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    def _on_worker(self, event: WorkerEvent, listening: bool) -> dict[str, Any] | None:
         w = event.worker
         if event.kind is WorkerEventKind.DISCONNECTED:
             self._workers.pop(w.worker_id, None)
@@ -182,9 +180,11 @@ class FleetObserver:
                 self._held.pop(w.worker_id, None)
         else:
             self._workers[w.worker_id] = w
+        if not listening:
+            return None
         return {"type": "worker", "kind": event.kind.value, "detail": event.detail, "worker": worker_dict(w)}
 
-    def _on_job(self, event: JobEvent) -> dict[str, Any]:
+    def _on_job(self, event: JobEvent, listening: bool) -> dict[str, Any] | None:
         job, at, kind = event.job, event.at or self.clock.monotonic(), event.kind
         track = self._tracks.get(job.id)
         if track is None and kind is not JobEventKind.ENDED and len(self._tracks) < TRACKED_JOBS:
@@ -192,14 +192,20 @@ class FleetObserver:
             self._tracks[job.id] = track
         if track is not None:
             self._advance(track, kind, at, event.worker_id)
-        payload = job_dict(job, kind.value, event.worker_id, event.detail)
-        if track is not None:
-            payload["latency_ms"] = _ms(track.running, track.created)
-        if kind in (JobEventKind.RUNNING, JobEventKind.ENDED):
-            self._remember(payload)
+        payload = None
+        remember = kind is JobEventKind.RUNNING or kind is JobEventKind.ENDED
+        if listening or remember:
+            payload = job_dict(job, kind.value, event.worker_id, event.detail)
+            payload["latency_ms"] = None if track is None else _ms(track.running, track.created)
+            if remember:
+                self._remember(payload)
         if kind is JobEventKind.ENDED:
             self._tracks.pop(job.id, None)
         return payload
+
+    def track(self, job_id: str) -> JobTrack | None:
+        """Stage times of a job not yet ended (read them, never change them)."""
+        return self._tracks.get(job_id)
 
     def _advance(self, track: JobTrack, kind: JobEventKind, at: float, worker_id: str) -> None:
         if kind in (JobEventKind.CREATED, JobEventKind.QUEUED, JobEventKind.RESTARTING):
@@ -233,17 +239,6 @@ class FleetObserver:
         track.worker_id = worker_id
         if worker_id:
             self._held.setdefault(worker_id, set()).add(track.job_id)
-
-    def stage_times(self, job_id: str) -> StageTimes | None:
-        t = self._tracks.get(job_id)
-        if t is None:
-            return None
-        return StageTimes(
-            _delta(t.offered, t.created),
-            _delta(t.accepted, t.offered),
-            _delta(t.running, t.accepted),
-            _delta(t.running, t.created),
-        )
 
     def _remember(self, payload: dict[str, Any]) -> None:
         self._recent.pop(payload["job_id"], None)
