@@ -47,12 +47,14 @@ def assert_sane(result: dict[str, Any], processes: int, client: str) -> None:
     assert_ms_summary(result["latency_ms"], DISPATCHES)
     assert_ms_summary(result["create_dispatch_call_ms"], DISPATCHES)
     assert_ms_summary(result["rtt_ms"]["idle"], RTT_SAMPLES)
+    assert_ms_summary(result["rtt_ms"]["http_idle"], RTT_SAMPLES)
     assert result["rtt_ms"]["loaded"]["n"] >= 1
     # the assignment arrives after the worker answered an offer: at least one WebSocket round trip later
     assert result["latency_ms"]["min"] > result["rtt_ms"]["idle"]["min"] / 2
     assert result["throughput"]["dispatches_per_s"] > 0
     assert result["throughput"]["phase_seconds"] > 0
-    for name in ("p50_vs_idle_rtt", "p99_vs_idle_rtt", "p50_vs_loaded_rtt", "p99_vs_loaded_rtt"):
+    names = ("p50_vs_idle_rtt", "p99_vs_idle_rtt", "p50_vs_loaded_rtt", "p99_vs_loaded_rtt")
+    for name in (*names, "p99_vs_http_plus_ws_rtt"):
         assert result["ratio"][name] > 0
     failures = result["failures"]
     assert (failures["total"], failures["create_errors"], failures["unassigned"]) == (0, 0, 0)
@@ -63,8 +65,14 @@ def assert_sane(result: dict[str, Any], processes: int, client: str) -> None:
     assert workers["jobs_mean"] == DISPATCHES / WORKERS
     cpu = result["cpu"]
     assert cpu["server_cores_used"] > 0 and cpu["clients_cores_used"] > 0
-    assert isinstance(result["targets"]["throughput_ge_2000_per_s"], bool)
-    assert isinstance(result["targets"]["latency_p99_le_3x_idle_rtt_p99"], bool)
+    assert cpu["server_cpu_ms_per_dispatch"] > 0 and cpu["clients_cpu_ms_per_dispatch"] > 0
+    assert cpu["server_cpu_seconds"] == pytest.approx(
+        cpu["server_cpu_ms_per_dispatch"] * DISPATCHES / 1000, rel=0.01
+    )
+    assert 0 <= cpu["machine_busy_cores_before"] <= cpu["count"]
+    for target in ("throughput_ge_2000_per_s", "latency_p99_le_3x_http_plus_ws_rtt"):
+        assert isinstance(result["targets"][target], bool)
+    assert isinstance(result["targets"]["server_cpu_le_0_5_ms_per_dispatch"], bool)
 
 
 def test_two_client_processes_raw_twirp_in_process() -> None:

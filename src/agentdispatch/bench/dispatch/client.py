@@ -70,32 +70,58 @@ class DispatchSender:
         self._lk = api.LiveKitAPI(
             plan.url, plan.api_key, plan.api_secret, session=self._session, failover=False
         )
-        self._tokens: dict[str, str] = {}
+        #: raw client: room -> (headers, serialised request), made before the clock starts
+        self._prepared: dict[str, tuple[dict[str, str], bytes]] = {}
+        self._create_url = plan.url + CREATE_PATH
 
     def prepare(self, rooms: list[str]) -> None:
-        """Raw client only: mint the room-scoped admin tokens before the clock starts."""
+        """Raw client only: mint the room-scoped admin tokens and serialise the bodies before the clock."""
         if self._plan.client != "raw":
             return
         for room in rooms:
             grants = api.VideoGrants(room_admin=True, room=room)
             token = api.AccessToken(self._plan.api_key, self._plan.api_secret).with_grants(grants)
-            self._tokens[room] = token.to_jwt()
+            headers = {"Authorization": f"Bearer {token.to_jwt()}", "Content-Type": "application/protobuf"}
+            req = agent_dispatch.CreateAgentDispatchRequest(agent_name=self._plan.agent_name, room=room)
+            self._prepared[room] = (headers, req.SerializeToString())
 
-    async def create(self, room: str) -> agent_dispatch.AgentDispatch:
-        req = agent_dispatch.CreateAgentDispatchRequest(agent_name=self._plan.agent_name, room=room)
+    async def create(self, room: str) -> tuple[str, str]:
+        """Create the dispatch; (dispatch id, room) as the server answered."""
         if self._plan.client != "raw":
+            req = agent_dispatch.CreateAgentDispatchRequest(agent_name=self._plan.agent_name, room=room)
             result: agent_dispatch.AgentDispatch = await self._lk.agent_dispatch.create_dispatch(req)
-            return result
-        headers = {"Authorization": f"Bearer {self._tokens[room]}", "Content-Type": "application/protobuf"}
-        async with self._session.post(
-            self._plan.url + CREATE_PATH, data=req.SerializeToString(), headers=headers
-        ) as resp:
+            return result.id, result.room
+        headers, data = self._prepared.pop(room)
+        async with self._session.post(self._create_url, data=data, headers=headers) as resp:
             body = await resp.read()
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, (), status=resp.status, message=body[:200].decode(errors="replace")
                 )
-        return agent_dispatch.AgentDispatch.FromString(body)
+        dispatch = agent_dispatch.AgentDispatch.FromString(body)
+        return dispatch.id, dispatch.room
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class HttpProber:
+    """Idle HTTP round trips: GET / on one kept-alive connection, the HTTP twin of the WS prober."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url + "/"
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, force_close=False))
+
+    async def open(self) -> None:
+        await self.get()  # opens the connection; not a sample
+
+    async def get(self) -> float:
+        started = time.perf_counter()
+        async with self._session.get(self._url) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+        return time.perf_counter() - started
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -114,11 +140,11 @@ class LoadGenerator:
     async def _one(self, room: str) -> None:
         started = time.perf_counter()
         try:
-            dispatch = await self._sender.create(room)
+            dispatch_id, _ = await self._sender.create(room)
         except (api.ServerError, aiohttp.ClientError, TimeoutError) as exc:
             self.errors.append(f"{type(exc).__name__}: {exc}"[:300])
             return
-        self.sent.append((dispatch.id, room, started, time.perf_counter()))
+        self.sent.append((dispatch_id, room, started, time.perf_counter()))
 
     async def run(self, rooms: list[str]) -> None:
         if self._rate > 0:
@@ -216,9 +242,20 @@ class ClientProcess:
         return [f"{self.plan.room_prefix}-{kind}-{self.plan.index}-{i}" for i in range(count)]
 
     async def idle_rtt(self, samples: int) -> dict[str, Any]:
+        """Idle round trips, WebSocket (WorkerPing -> WorkerPong) and HTTP (GET /), alternating."""
         if self.prober is None:
-            return {"rtt": []}
-        return {"rtt": [await self.prober.ping() for _ in range(samples)]}
+            return {"rtt": [], "http_rtt": []}
+        http = HttpProber(self.plan.url)
+        ws: list[float] = []
+        http_rtt: list[float] = []
+        try:
+            await http.open()
+            for _ in range(samples):
+                ws.append(await self.prober.ping())
+                http_rtt.append(await http.get())
+        finally:
+            await http.aclose()
+        return {"rtt": ws, "http_rtt": http_rtt}
 
     async def warmup(self) -> dict[str, Any]:
         """One dispatch per concurrency slot: opens the HTTP connections, exercises every path."""
