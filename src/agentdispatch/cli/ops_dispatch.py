@@ -136,3 +136,12 @@ def room_delete(conn: Conn, name: str) -> None:
         print_json({"deleted": name})
         return
     click.echo(f"room {name} deleted")
+
+
+def _add_join() -> None:
+    from .ops_join import join_command  # the chat client: loaded with `room`, only its own module
+
+    room_group.add_command(join_command)
+
+
+_add_join()
