@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,3 +70,62 @@ def test_server_starts_answers_and_stops_on_sigterm() -> None:
     text = out.decode()
     assert '"msg": "dispatch server listening"' in text
     assert "shutting down" in text
+
+
+def test_port_in_use_is_one_line_naming_the_flag() -> None:
+    port = free_port()
+    first = subprocess.Popen(
+        [*agentdispatch_command(), "server", "--dev", "--port", str(port)], stderr=subprocess.PIPE
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 20, first)
+        second = subprocess.run(
+            [*agentdispatch_command(), "server", "--dev", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        errors = [line for line in second.stderr.splitlines() if line.startswith("Error:")]
+        assert errors == [
+            f"Error: port {port} is already in use on 127.0.0.1: stop the other server or use --port N"
+        ]
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+
+
+def test_json_log_format_makes_every_line_json() -> None:
+    import json
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [*agentdispatch_command(), "server", "--dev", "--port", str(port), "--log-format", "json"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_healthy(f"http://127.0.0.1:{port}", 20, proc)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-path")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]  # raises on any non-JSON line
+    messages = [r["msg"] for r in records]
+    assert "agentdispatch server ready" in messages and "shutting down" in messages
+    assert any(r["msg"] == "request for an unknown path" and r["path"] == "/no-such-path" for r in records)
+    ready = next(r for r in records if r["msg"] == "agentdispatch server ready")
+    assert ready["livekit_url"] == f"ws://127.0.0.1:{port}" and ready["api_key"] == "devkey"
+
+
+def test_server_help_names_the_environment_and_explains_every_flag() -> None:
+    result = CliRunner().invoke(cli, ["server", "--help"])
+    assert result.exit_code == 0
+    for name in ("LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "REDIS_URL"):
+        assert name in result.output
+    import re
+
+    flags = re.findall(r"^\s+(--[a-z-]+)(?: [A-Z]+| \S+)?\s*$", result.output, re.M)
+    assert not flags, f"flags without help: {flags}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import signal
 from collections.abc import Coroutine
@@ -16,6 +17,8 @@ import click
 from ..protocol import ConfigError
 from ..server import DEV_KEYS, DispatchServer, ServerConfig
 from .logs import setup_logging
+
+log = logging.getLogger("agentdispatch.server")
 
 ENV_HELP = """Environment: LIVEKIT_API_KEY and LIVEKIT_API_SECRET (the API key pair, unless --keys-file or
 --dev), REDIS_URL (same as --redis), AGENTDISPATCH_ADMIN_TOKEN (same as --admin-token)."""
@@ -147,8 +150,15 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
     show_default=True,
+    help="Least severe log level shown (DEBUG adds offers, queueing, running).",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: one line per event with key=value ids; json: one JSON object per line.",
+)
 def server_command(
     dev: bool,
     bind: str | None,
@@ -204,7 +214,7 @@ def server_command(
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    run_event_loop(_run(config, dev))
+    run_event_loop(_run(config, dev, log_format == "json"))
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -229,16 +239,22 @@ def bind_error_hint(exc: OSError, config: ServerConfig) -> str:
     return f"cannot listen on {where}: {exc.strerror or exc}"
 
 
-async def _run(config: ServerConfig, dev: bool = False) -> None:
+async def _run(config: ServerConfig, dev: bool = False, json_logs: bool = False) -> None:
     server = DispatchServer(config)
     try:
         await server.start()
     except OSError as exc:
         await server.aclose()
         raise click.ClickException(bind_error_hint(exc, config)) from None
-    click.echo(f"agentdispatch server listening on {server.url} (node {server.node_id})", err=True)
-    if dev:
-        key, secret = next(iter(config.keys.items()))
+    key, secret = next(iter(config.keys.items()))
+    if json_logs:  # every line JSON: the banner is a log record too
+        extra = {"url": server.url, "node_id": server.node_id}
+        if dev:
+            extra.update(livekit_url=server.ws_url, api_key=key, api_secret=secret)
+        log.info("agentdispatch server ready", extra=extra)
+    else:
+        click.echo(f"agentdispatch server listening on {server.url} (node {server.node_id})", err=True)
+    if dev and not json_logs:
         click.echo(
             f"  workers: LIVEKIT_URL={server.ws_url} LIVEKIT_API_KEY={key} LIVEKIT_API_SECRET={secret}\n"
             f"  try it:  agentdispatch worker dev examples/echo_agent.py (dashboard: {server.url}/dashboard)",
@@ -252,5 +268,8 @@ async def _run(config: ServerConfig, dev: bool = False) -> None:
     try:
         await stop.wait()
     finally:
-        click.echo("shutting down", err=True)
+        if json_logs:
+            log.info("shutting down")
+        else:
+            click.echo("shutting down", err=True)
         await server.aclose()
