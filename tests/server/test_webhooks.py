@@ -184,3 +184,31 @@ async def test_a_hanging_receiver_never_delays_dispatch(make_harness: Any, recei
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_only_the_chosen_events_are_sent(make_harness: Any, receivers: Any) -> None:
+    port = free_port()
+    harness = await make_harness(
+        webhook_urls=(f"http://127.0.0.1:{port}/hook",), webhook_events=("agent_job_ended", "room_finished")
+    )
+    receiver = Receiver(harness, port=port)
+    receivers.append(receiver)
+    await receiver.start()
+    w = await harness.worker(agent_name="filtered")
+    await harness.api.room.create_room(
+        api.CreateRoomRequest(name="f-1", agents=[api.RoomAgentDispatch(agent_name="filtered")])
+    )
+    [a] = await w.wait_assignments(1)
+    await w.finish(a.job.id, agent.JobStatus.JS_SUCCESS)
+    await receiver.wait_event("f-1", "agent_job_ended")
+    await harness.api.room.delete_room(api.DeleteRoomRequest(room="f-1"))
+    await receiver.wait_event("f-1", "room_finished")
+    assert receiver.names("f-1") == ["agent_job_ended", "room_finished"]
+
+
+def test_an_unknown_webhook_event_name_is_refused() -> None:
+    from agentdispatch.protocol.errors import ConfigError
+    from agentdispatch.server.webhooks import WebhookOptions
+
+    with pytest.raises(ConfigError, match="unknown webhook events"):
+        WebhookOptions(("http://127.0.0.1:1/hook",), "devkey", "secret", events=frozenset({"job_done"}))

@@ -16,6 +16,7 @@ import click
 
 from ..protocol import ConfigError
 from ..server import DEV_KEYS, DispatchServer, ServerConfig
+from ..server.webhooks import WEBHOOK_EVENT_NAMES
 from .logs import setup_logging
 
 log = logging.getLogger("agentdispatch.server")
@@ -143,6 +144,13 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
 @click.option("--webhook-url", "webhook_urls", multiple=True, help="Send LiveKit webhooks here (repeatable).")
 @click.option("--webhook-key", default="", help="API key that signs webhooks [default: the first key].")
 @click.option(
+    "--webhook-event",
+    "webhook_events",
+    multiple=True,
+    type=click.Choice(WEBHOOK_EVENT_NAMES),
+    help="Send only this webhook event (repeatable) [default: all].",
+)
+@click.option(
     "--admin-token", envvar="AGENTDISPATCH_ADMIN_TOKEN", default="", help="Shared secret for the admin API."
 )
 @click.option(
@@ -181,6 +189,7 @@ def server_command(
     redis_url: str,
     webhook_urls: tuple[str, ...],
     webhook_key: str,
+    webhook_events: tuple[str, ...],
     admin_token: str,
     log_level: str,
     log_format: str,
@@ -209,6 +218,7 @@ def server_command(
             redis_url=redis_url,
             webhook_urls=webhook_urls,
             webhook_key=webhook_key,
+            webhook_events=webhook_events,
             admin_token=admin_token,
             admin_open_on_loopback=dev,
         )

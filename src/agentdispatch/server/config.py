@@ -65,6 +65,8 @@ class ServerConfig:
     webhook_urls: tuple[str, ...] = ()
     #: API key whose secret signs webhooks (default: the first key)
     webhook_key: str = ""
+    #: webhook event names to send (docs/operations.md); empty: all of them
+    webhook_events: tuple[str, ...] = ()
     #: shared secret accepted by the admin API and dashboard besides roomAdmin tokens
     admin_token: str = ""
     #: admin API and dashboard open without a token to requests from loopback (--dev)

@@ -34,7 +34,8 @@ class Operations:
         self.webhooks: WebhookSender | None = None
         if config.webhook_urls:
             key = config.webhook_key or keys.first.key
-            options = WebhookOptions(tuple(config.webhook_urls), key, keys.secret(key))
+            events = frozenset(config.webhook_events)
+            options = WebhookOptions(tuple(config.webhook_urls), key, keys.secret(key), events=events)
             self.webhooks = WebhookSender(options, clock)
         stats = self.webhooks.statistics if self.webhooks is not None else None
         self.metrics = ServerMetrics(self.observer, config.per_job_load, version, stats)

@@ -32,7 +32,7 @@ from ..protocol import hs256
 from ..protocol.errors import ConfigError
 from ..protocol.ids import new_id
 from ..util import Clock, TaskSet
-from .events import Event, JobEvent, JobEventKind, RoomEvent
+from .events import Event, JobEvent, JobEventKind, RoomEvent, RoomEventKind
 from .metrics import WebhookStats
 
 log = logging.getLogger("agentdispatch.server.webhooks")
@@ -44,6 +44,8 @@ JOB_EVENT_NAMES = {
     JobEventKind.RESTARTING: "agent_job_restarting",
     JobEventKind.ENDED: "agent_job_ended",
 }
+ROOM_EVENT_NAMES = tuple(kind.value for kind in RoomEventKind)
+WEBHOOK_EVENT_NAMES = (*ROOM_EVENT_NAMES, *JOB_EVENT_NAMES.values())
 CONTENT_TYPE = "application/webhook+json"
 
 
@@ -63,6 +65,8 @@ class WebhookOptions:
     request_timeout: float = 5.0
     #: seconds `aclose()` waits for queued events to go out
     flush_timeout: float = 3.0
+    #: event names to send; empty: all
+    events: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -74,8 +78,20 @@ class WebhookOptions:
             raise ConfigError("webhooks need an API key and secret to sign with")
         if self.queue_size < 1 or self.max_attempts < 1 or self.lanes < 1:
             raise ConfigError("webhook queue_size, lanes and max_attempts must be >= 1")
+        unknown = sorted(self.events - set(WEBHOOK_EVENT_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown webhook events {unknown}; known: {', '.join(WEBHOOK_EVENT_NAMES)}")
         if not 0 < self.backoff_initial <= self.backoff_max:
             raise ConfigError("webhook backoff must satisfy 0 < initial <= max")
+
+
+def webhook_name(event: Event) -> str | None:
+    """The webhook event name of a lifecycle event, or None when it is not sent out."""
+    if isinstance(event, RoomEvent):
+        return event.kind.value
+    if isinstance(event, JobEvent):
+        return JOB_EVENT_NAMES.get(event.kind)
+    return None
 
 
 def to_webhook_event(event: Event, clock: Clock) -> webhook.WebhookEvent | None:
@@ -140,6 +156,8 @@ class WebhookSender:
 
     def on_event(self, event: Event) -> None:
         if self._closing:
+            return
+        if self._options.events and webhook_name(event) not in self._options.events:
             return
         message = to_webhook_event(event, self._clock)
         if message is None:
