@@ -146,11 +146,13 @@ async def test_placement_picks_the_least_loaded_eligible_worker_cluster_wide(clu
     b.on_event(WorkerEvent(WorkerEventKind.REGISTERED, summary("AW_b3", "ND_b", 0.0, draining=True)))
     key = ("agent", "", 0, "*")
     await wait_until(lambda: a.directory.get("AW_b3"), what="summaries published")
-    assert await a.directory.best(key) == ("AW_b1", 0.2)
-    assert await a.directory.best(key, exclude={"AW_b1"}) == ("AW_a1", 0.5)
+    assert await a.directory.best(key) == ("AW_b1", "ND_b", 0.2)
+    assert await a.directory.best(key, exclude={"AW_b1"}) == ("AW_a1", "ND_a", 0.5)
     # choosing a worker raises its projection at once: the next pick goes elsewhere
-    await a.directory.bump("AW_b1", key, 0.4)
-    assert (await a.directory.best(key))[0] == "AW_a1"  # type: ignore[index]
+    chosen = await a.directory.best(key)
+    assert chosen is not None
+    await a.directory.bump(chosen, key, 0.4)
+    assert await _best_is(a, key, "AW_a1")
     # a worker that leaves is no longer a candidate
     a.on_event(WorkerEvent(WorkerEventKind.DISCONNECTED, summary("AW_a1", "ND_a", 0.5)))
     await wait_until(lambda: _best_is(a, key, "AW_b1"), what="AW_a1 gone from the directory")
@@ -158,7 +160,7 @@ async def test_placement_picks_the_least_loaded_eligible_worker_cluster_wide(clu
 
 async def _best_is(node: ClusterNode, key: Any, worker_id: str) -> bool:
     best = await node.directory.best(key)
-    return best is not None and best[0] == worker_id
+    return best is not None and best.worker_id == worker_id
 
 
 async def test_a_job_created_on_one_node_is_handed_to_the_node_of_the_best_worker(cluster: Cluster) -> None:

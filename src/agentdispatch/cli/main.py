@@ -64,6 +64,10 @@ BENCH_COMMANDS: dict[str, LazyCommand] = {
         "agentdispatch.cli.chaos_cmd:chaos_command",
         "SIGKILL workers and job processes under load; account for every dispatch.",
     ),
+    "cluster": LazyCommand(
+        "agentdispatch.cli.cluster_bench_cmd:cluster_bench_command",
+        "CreateDispatch -> JobAssignment through N nodes on Redis vs 1 node in memory / on Redis.",
+    ),
     "sip": LazyCommand(
         "agentdispatch.cli.sip_bench_cmd:sip_bench_command",
         "Post-dial delay (INVITE -> 180, INVITE -> 200) and outcomes of sipp calls at a rate, real workers.",

@@ -160,13 +160,12 @@ class ClusterNode:
     # -- placement -----------------------------------------------------------------------------
     async def route(self, job: agent.Job, deadline: float | None = None, resuming: bool = False) -> str:
         """Hand a stored job to the node of the best worker cluster-wide; returns that node's id."""
-        best = await self.directory.best(job_key(job))
+        key = job_key(job)
+        best = await self.directory.best(key)
         target, worker_id = self.node_id, ""
-        if best is not None:
-            summary = await self.directory.get(best[0])
-            if summary is not None and await self._node_alive(summary.node_id):
-                target, worker_id = summary.node_id, summary.worker_id
-                await self.directory.bump(worker_id, job_key(job), self.options.per_job_load)
+        if best is not None and best.node_id not in self._known_dead:
+            target, worker_id = best.node_id, best.worker_id
+            await self.directory.bump(best, key, self.options.per_job_load)
         deadline_ms = 0 if deadline is None else int((time.time() + deadline) * 1000)
         handoff = Handoff("offer", job.id, worker_id, deadline_ms, resuming, self.node_id)
         await self.streams.send(target, handoff)
@@ -181,11 +180,6 @@ class ClusterNode:
             summary.node_id, Handoff("terminate", job_id, worker_id, 0, False, self.node_id)
         )
         return True
-
-    async def _node_alive(self, node_id: str) -> bool:
-        if node_id == self.node_id:
-            return True
-        return bool(await self._store.redis.exists(f"{self._store.prefix}node:{node_id}"))
 
     # -- loops -----------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

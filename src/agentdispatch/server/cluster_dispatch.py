@@ -139,10 +139,7 @@ class ClusteredDispatcher(Dispatcher):
         for key, queue in list(self._queues.items()):
             for pj in list(queue.values()):
                 best = await self.cluster.directory.best(key, exclude=pj.tried)
-                if best is None:
-                    break
-                summary = await self.cluster.directory.get(best[0])
-                if summary is None or summary.node_id == self.cluster.node_id:
+                if best is None or best.node_id == self.cluster.node_id:
                     break
                 if self._pending.get(pj.job.id) is not pj or pj.offered_to is not None:
                     continue
@@ -153,5 +150,5 @@ class ClusteredDispatcher(Dispatcher):
                 await self.cluster.route(pj.job, remaining, pj.resuming)
                 log.info(
                     "queued job moved to another node",
-                    extra={"job_id": pj.job.id, "node_id": summary.node_id, "worker_id": summary.worker_id},
+                    extra={"job_id": pj.job.id, "node_id": best.node_id, "worker_id": best.worker_id},
                 )

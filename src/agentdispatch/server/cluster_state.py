@@ -7,7 +7,7 @@ Keys (prefix ``ad:<cluster>:``, shared with RedisStore)::
     takeover:<id>      string  who is taking over a dead node (SET NX), so exactly one survivor does
     wsum               hash    worker id -> WorkerSummary JSON (cluster-wide view)
     wsum:n:<node>      set     worker ids connected to that node
-    wkey:<key>         zset    eligible workers of one worker key, score = projected load
+    wkey:<key>         zset    eligible workers of one worker key ("<node>|<worker>"), score = projected load
     hand:<node>        stream  hand-offs to that node (consumer group "nodes"); an entry stays
                                pending until the job it carries is assigned or ended
 
@@ -20,7 +20,7 @@ import json
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from livekit.protocol import agent
@@ -124,9 +124,9 @@ class WorkerDirectory:
             for key in worker_keys(s):
                 zkey = f"{self._p}wkey:{key_name(key)}"
                 if eligible(s):
-                    pipe.zadd(zkey, {s.worker_id: s.projected_load})
+                    pipe.zadd(zkey, {_member(s): s.projected_load})
                 else:
-                    pipe.zrem(zkey, s.worker_id)
+                    pipe.zrem(zkey, _member(s))
         await pipe.execute()
 
     async def remove(self, summaries: Sequence[WorkerSummary], keep_membership: bool = False) -> None:
@@ -140,7 +140,7 @@ class WorkerDirectory:
             if not keep_membership:
                 pipe.srem(f"{self._p}wsum:n:{s.node_id}", s.worker_id)
             for key in worker_keys(s):
-                pipe.zrem(f"{self._p}wkey:{key_name(key)}", s.worker_id)
+                pipe.zrem(f"{self._p}wkey:{key_name(key)}", _member(s))
         await pipe.execute()
 
     async def get(self, worker_id: str) -> WorkerSummary | None:
@@ -158,26 +158,36 @@ class WorkerDirectory:
         raws = await self._r.hmget(f"{self._p}wsum", ids)
         return [WorkerSummary(**json.loads(_text(r))) for r in raws if r is not None]
 
-    async def best(self, key: WorkerKey, exclude: Collection[str] = ()) -> tuple[str, float] | None:
-        """(worker id, projected load) of the least loaded eligible worker; ties broken at random."""
+    async def best(self, key: WorkerKey, exclude: Collection[str] = ()) -> Candidate | None:
+        """The least loaded eligible worker of the cluster for `key` (ties at random), in one round trip."""
         zkey = f"{self._p}wkey:{key_name(key)}"
         want = len(exclude) + 8
         rows: Any = await self._r.zrange(zkey, 0, want - 1, withscores=True)
-        cands = [(_text(w), float(sc)) for w, sc in rows if float(sc) < 1.0 and _text(w) not in exclude]
+        cands: list[Candidate] = []
+        for member, score in rows:
+            node_id, _, worker_id = _text(member).partition("|")
+            if float(score) < 1.0 and worker_id not in exclude:
+                cands.append(Candidate(worker_id, node_id, float(score)))
         if not cands:
             return None
-        low = cands[0][1]
-        ties = [c for c in cands if c[1] == low]
-        return self._rng.choice(ties)
+        low = cands[0].load
+        return self._rng.choice([c for c in cands if c.load == low])
 
-    async def bump(self, worker_id: str, key: WorkerKey, delta: float) -> None:
-        """Raise a worker's projection at once after choosing it, so a burst spreads (XX: only if listed)."""
-        summary = await self.get(worker_id)
-        keys = worker_keys(summary) if summary is not None else (key,)
-        pipe = self._r.pipeline(transaction=False)
-        for k in keys:
-            pipe.zadd(f"{self._p}wkey:{key_name(k)}", {worker_id: delta}, xx=True, incr=True)
-        await pipe.execute()
+    async def bump(self, chosen: Candidate, key: WorkerKey, delta: float) -> None:
+        """Raise a chosen worker's projection at once, so a burst spreads (XX: only while it is listed).
+        Its other key catches up when its node republishes it (at the offer, a few ms later)."""
+        member = f"{chosen.node_id}|{chosen.worker_id}"
+        await self._r.zadd(f"{self._p}wkey:{key_name(key)}", {member: delta}, xx=True, incr=True)
+
+
+class Candidate(NamedTuple):
+    worker_id: str
+    node_id: str
+    load: float
+
+
+def _member(s: WorkerSummary) -> str:
+    return f"{s.node_id}|{s.worker_id}"
 
 
 @dataclass(frozen=True)
