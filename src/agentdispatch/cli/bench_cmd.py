@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..bench.dispatch.client import CLIENTS
+from ..bench.dispatch.idle import IdleBenchSettings, default_idle_json_path, idle_table, run_idle_bench
 from ..bench.dispatch.run import DispatchBenchSettings, default_json_path, run_dispatch_bench
 from ..bench.dispatch.table import dispatch_table
 from .output import run_benchmark, settings_from_options
@@ -54,8 +55,33 @@ from .output import run_benchmark, settings_from_options
     default=None,
     help="py-spy the server while measuring: .txt = collapsed stacks (+ top functions), .svg, .json.",
 )
-def dispatch_command(json_path: Path | None, profile_server: Path | None, **options: Any) -> None:
+@click.option(
+    "--idle-workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Instead: register N idle workers (--processes clients, default 4); registrations/s, KB, idle CPU.",
+)
+@click.option("--idle-seconds", type=click.FloatRange(1), default=10.0, show_default=True)
+def dispatch_command(
+    json_path: Path | None,
+    profile_server: Path | None,
+    idle_workers: int | None,
+    idle_seconds: float,
+    **options: Any,
+) -> None:
     """CreateDispatch -> JobAssignment latency and throughput against the real server."""
+    if idle_workers is not None:
+        processes = options["processes"] if options["processes"] > 1 else 4
+        idle = settings_from_options(
+            IdleBenchSettings,
+            idle_workers=idle_workers,
+            processes=processes,
+            window=idle_seconds,
+            profile_path=profile_server,
+        )
+        idle_path = json_path or default_idle_json_path(time.time())
+        run_benchmark(lambda log: run_idle_bench(idle, log=log), idle_path, idle_table)
+        return
     settings = settings_from_options(DispatchBenchSettings, profile_path=profile_server, **options)
     path = json_path or default_json_path(time.time())
     run_benchmark(lambda log: run_dispatch_bench(settings, log=log), path, dispatch_table)

@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,12 @@ def split(total: int, parts: int) -> list[int]:
 class ClientHandle:
     """A client process and its command pipe."""
 
-    def __init__(self, plan: ClientPlan) -> None:
+    def __init__(self, plan: Any, target: Callable[[Any, Connection], None] = client_main) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.plan = plan
         self.conn, child = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
-            target=client_main, args=(plan, child), name=f"bench-client-{plan.index}", daemon=True
+            target=target, args=(plan, child), name=f"bench-client-{plan.index}", daemon=True
         )
         self.process.start()
         child.close()
