@@ -167,3 +167,24 @@ async def test_calls_over_tcp(rig: SipRig, start_worker: Any, sipp_bin: str, tmp
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr
     (trace,) = run.calls.values()
     assert trace.status == 200
+
+
+async def test_a_trunk_with_digest_auth_challenges_then_admits_the_right_password(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
+    add_trunk_and_rule(rig, "phone", auth_username="carrier", auth_password="s3cret")
+    run = await run_sipp(
+        sipp_bin, CallScenario(hold_ms=200, auth=("carrier", "s3cret")), rig.target, tmp_path / "a"
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+    assert [t.status for t in run.calls.values()] == [200]
+    # a wrong password gets another 407 and never creates a room
+    await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
+    before = len(rig.gateway.history)
+    bad = await run_sipp(
+        sipp_bin, CallScenario(hold_ms=200, auth=("carrier", "wrong")), rig.target, tmp_path / "b", timeout=5
+    )
+    assert bad.returncode != 0
+    assert "200" not in {str(t.status) for t in bad.calls.values()}
+    assert len(rig.gateway.history) == before and not rig.gateway.active_calls()

@@ -15,6 +15,7 @@ from conftest import SipRig, agent_rule, wait_until
 
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
 
+
 def invite(port: int) -> bytes:
     return (
         "INVITE sip:+15550100@127.0.0.1 SIP/2.0\r\n"
@@ -28,6 +29,7 @@ def invite(port: int) -> bytes:
         f"Content-Length: {len(SDP)}\r\n\r\n{SDP}"
     ).encode()
 
+
 async def responses(sock: socket.socket, count: int, timeout: float = 10.0) -> list[tuple[int, str]]:
     """(status, To tag) of the next `count` responses."""
     loop = asyncio.get_running_loop()
@@ -39,6 +41,7 @@ async def responses(sock: socket.socket, count: int, timeout: float = 10.0) -> l
         to = next(line for line in text.split("\r\n") if line.lower().startswith("to:"))
         out.append((status, to.split("tag=", 1)[1] if "tag=" in to else ""))
     return out
+
 
 async def test_a_retransmitted_invite_is_the_same_call_and_unacked_calls_are_forgotten(
     rig: SipRig, monkeypatch: pytest.MonkeyPatch
@@ -66,6 +69,7 @@ async def test_a_retransmitted_invite_is_the_same_call_and_unacked_calls_are_for
     assert [r.sip_call_id for r in rig.gateway.history] == ["retrans-1@127.0.0.1"]
     await wait_until(lambda: all(not u.active_calls for u in rig.gateway._uas), 10, "the UAS to forget")
 
+
 async def test_sip_gateway_options_ping_is_answered(rig: SipRig) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -83,5 +87,6 @@ async def test_sip_gateway_options_ping_is_answered(rig: SipRig) -> None:
         assert status == 200  # carriers probe trunks with OPTIONS
     finally:
         sock.close()
+
 
 def _unused(*_: Any) -> None: ...

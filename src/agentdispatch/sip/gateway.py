@@ -24,6 +24,7 @@ from ..server.app import DispatchServer
 from ..server.events import Event, JobEvent, JobEventKind
 from ..server.rooms import DispatchSpec, RoomSpec
 from ..util import TaskSet
+from .auth import DigestGuard
 from .call import Call, CallEnv, CallRecord, caller_number, final_response
 from .config import GatewayConfig, TrunkPolicy
 from .directory import Route, SipDirectory
@@ -75,6 +76,7 @@ class SipGateway:
         self._env: CallEnv | None = None
         self._tasks = TaskSet("sip-gateway")
         self._twirp = SipTwirp(server.keys, self.directory)
+        self._digest = DigestGuard(config.realm)
         self.port = config.port
         self._unsubscribe = server.dispatcher.events.subscribe(self._on_event)
 
@@ -158,6 +160,10 @@ class SipGateway:
         if route is None:
             log.info("call refused: no trunk or dispatch rule", extra={"caller": caller, "called": called})
             final_response(inv, 404, 0)
+            self._forget_later(inv)
+            return
+        if route.trunk.auth_username and not self._digest.verify(inv, route.trunk):
+            self._digest.challenge(inv, route.trunk)  # 407; the caller retries with credentials
             self._forget_later(inv)
             return
         policy = TrunkPolicy.of(route.trunk, self.config)

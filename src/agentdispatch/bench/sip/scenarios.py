@@ -50,6 +50,41 @@ INVITE = """{stamp}  <send retrans="500">
   <recv response="100" optional="true"/>
 """
 
+AUTH = """  <recv response="407" auth="true"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port];transport=[transport] SIP/2.0
+      [last_Via:]
+      From: "[caller]" <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port];transport=[transport] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "[caller]" <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: <sip:[caller]@[local_ip]:[local_port];transport=[transport]>
+      [authentication username={user} password={password}]
+      Max-Forwards: 70
+      User-Agent: sipp
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+{sdp}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+"""
+
 RINGING = """  <recv response="180" optional="{optional}">
     <action><gettimeofday assign_to="s,us"/><log message="EV [call_id] ringing [$s] [$us]"/></action>
   </recv>
@@ -65,7 +100,7 @@ ANSWERED = """  <recv response="200" rrs="true">
       From: "[caller]" <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 1 ACK
+      CSeq: {cseq} ACK
       Contact: <sip:[caller]@[local_ip]:[local_port];transport=[transport]>
       Max-Forwards: 70
       Content-Length: 0
@@ -85,7 +120,7 @@ CALLER_BYE = """  <pause milliseconds="{hold_ms}"/>
       From: "[caller]" <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 2 BYE
+      CSeq: {bye_cseq} BYE
       Contact: <sip:[caller]@[local_ip]:[local_port];transport=[transport]>
       Max-Forwards: 70
       Content-Length: 0
@@ -127,7 +162,7 @@ FINAL = """  <recv response="{code}">
       From: "[caller]" <sip:[caller]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 1 ACK
+      CSeq: {cseq} ACK
       Max-Forwards: 70
       Content-Length: 0
 
@@ -166,29 +201,36 @@ class CallScenario:
     pcap: str = ""  # G.711 RTP to play after the answer
     media_port: str = "[media_port]"  # a number sends the gateway's RTP to that port instead of sipp's
     payloads: str = "0 8"
+    auth: tuple[str, str] | None = None  # (user, password): expect a 407 first, then authenticate
 
     def xml(self) -> str:
         sdp = SDP.format(media_port=self.media_port, payloads=self.payloads)
         sdp = "\n".join("      " + line for line in sdp.splitlines())
         parts = [INVITE.format(sdp=sdp, stamp=stamp("invite"))]
+        cseq = 1
+        if self.auth is not None:
+            parts.append(AUTH.format(sdp=sdp, user=self.auth[0], password=self.auth[1]))
+            cseq = 2
         if self.cancel_ms:
             parts += [
                 RINGING.format(optional="false"),
                 CANCEL.format(cancel_ms=self.cancel_ms, stamp=stamp("cancel_sent")),
             ]
-            parts.append(FINAL.format(code=487))
+            parts.append(FINAL.format(code=487, cseq=1))
         elif self.expect == "answer":
             parts.append(RINGING.format(optional="false" if self.ringing_required else "true"))
-            parts.append(ANSWERED)
+            parts.append(ANSWERED.format(cseq=cseq))
             if self.pcap:
                 parts.append(PLAY.format(pcap=self.pcap))
             if self.hangup == "caller":
-                parts.append(CALLER_BYE.format(hold_ms=self.hold_ms, stamp=stamp("bye_sent")))
+                parts.append(
+                    CALLER_BYE.format(hold_ms=self.hold_ms, stamp=stamp("bye_sent"), bye_cseq=cseq + 1)
+                )
             else:
                 parts.append(AGENT_BYE.format(bye_timeout_ms=self.bye_timeout_ms))
         else:
             parts.append(RINGING.format(optional="true"))
-            parts.append(FINAL.format(code=int(self.expect)))
+            parts.append(FINAL.format(code=int(self.expect), cseq=cseq))
         body = "".join(parts)
         head = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="agentdispatch">\n'
         return f"{head}{body}</scenario>\n"
