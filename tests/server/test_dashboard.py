@@ -173,3 +173,16 @@ async def test_the_dashboard_page_is_served_from_the_package(harness: Any) -> No
         assert resp.status == 404
     async with harness.http.get(harness.server.url + "/admin/status") as resp:
         assert resp.status == 401  # the page is public, the data is not (no --dev here)
+
+
+@pytest.mark.parametrize("server_config", [{"admin_token": "ops-secret"}])
+async def test_without_dev_the_dashboard_reads_its_token_from_the_url(harness: Any) -> None:
+    w = await harness.worker(agent_name="guarded")
+    async with chromium(harness.server.url + "/dashboard#token=ops-secret") as page:
+        row = await page.wait_js(row_text("data-worker-id", w.id), "the worker, with the token")
+        assert "guarded" in row
+    async with chromium(harness.server.url + "/dashboard#token=wrong") as page:
+        await page.wait_js(
+            "(document.getElementById('conn-text') || {}).textContent === 'reconnecting'", "the refused stream"
+        )
+        assert await page.js(f"!document.querySelector('tr[data-worker-id=\"{w.id}\"]')")
