@@ -183,6 +183,7 @@ async def test_without_dev_the_dashboard_reads_its_token_from_the_url(harness: A
         assert "guarded" in row
     async with chromium(harness.server.url + "/dashboard#token=wrong") as page:
         await page.wait_js(
-            "(document.getElementById('conn-text') || {}).textContent === 'reconnecting'", "the refused stream"
+            "((document.getElementById('conn-text') || {}).textContent || '').startsWith('no access')",
+            "the refused stream",
         )
         assert await page.js(f"!document.querySelector('tr[data-worker-id=\"{w.id}\"]')")

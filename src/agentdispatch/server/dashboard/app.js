@@ -198,7 +198,14 @@ function connect() {
   const t = token();
   const source = new EventSource("/admin/events" + (t ? `?access_token=${encodeURIComponent(t)}` : ""));
   source.addEventListener("open", () => setConn("live", "live"));
-  source.addEventListener("error", () => setConn("down", "reconnecting"));
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {  // refused (401/403) or gone: the browser gives up
+      setConn("down", t ? "no access: check the #token" : "no access: add #token=<admin token>");
+      setTimeout(connect, 5000);
+    } else {
+      setConn("down", "reconnecting");
+    }
+  });
   source.addEventListener("snapshot", (m) => { applySnapshot(JSON.parse(m.data)); render(); });
   source.addEventListener("worker", (m) => { applyWorker(JSON.parse(m.data)); scheduleRender(); });
   source.addEventListener("job", (m) => { applyJob(JSON.parse(m.data)); scheduleRender(); });
