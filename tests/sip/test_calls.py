@@ -188,3 +188,16 @@ async def test_a_trunk_with_digest_auth_challenges_then_admits_the_right_passwor
     assert bad.returncode != 0
     assert "200" not in {str(t.status) for t in bad.calls.values()}
     assert len(rig.gateway.history) == before and not rig.gateway.active_calls()
+
+
+async def test_max_call_duration_ends_the_call_with_bye(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
+    add_trunk_and_rule(rig, "phone", max_call_duration=Duration(seconds=1))
+    run = await run_sipp(sipp_bin, CallScenario(hangup="agent"), rig.target, tmp_path / "s")
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert "bye_received" in trace.events and (trace.delay("bye_received") or 0) >= 1.0
+    await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
+    assert last_record(rig).end_reason == "max call duration"
