@@ -13,7 +13,7 @@ from livekit.protocol import agent, models, sip
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
-from agentdispatch.server.events import JobEventKind
+from agentdispatch.server.events import JobEvent, JobEventKind
 from agentdispatch.sip.call import CallState
 from conftest import AGENTS, SipRig, agent_rule, wait_until
 
@@ -88,7 +88,7 @@ async def test_cancel_while_ringing_gets_487_and_cancels_the_job(
 ) -> None:
     ended: list[agent.Job] = []
     rig.server.dispatcher.events.subscribe(
-        lambda e: ended.append(e.job) if getattr(e, "kind", None) is JobEventKind.ENDED else None
+        lambda e: ended.append(e.job) if isinstance(e, JobEvent) and e.kind is JobEventKind.ENDED else None
     )
     # the worker is FULL (load above its threshold): the job waits in the queue while the phone rings
     await start_worker(

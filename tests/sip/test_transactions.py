@@ -33,7 +33,7 @@ def invite(port: int) -> bytes:
 async def responses(sock: socket.socket, count: int, timeout: float = 10.0) -> list[tuple[int, str]]:
     """(status, To tag) of the next `count` responses."""
     loop = asyncio.get_running_loop()
-    out = []
+    out: list[tuple[int, str]] = []
     while len(out) < count:
         data = await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
         text = data.decode(errors="replace")
