@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from agentdispatch.cli.bench_run import Log, run_benchmark
 from agentdispatch.cli.main import cli
-from agentdispatch.cli.output import Log, run_benchmark
 from agentdispatch.testing import HarnessError
 
 

@@ -15,7 +15,7 @@ from ..bench.dispatch.client import CLIENTS
 from ..bench.dispatch.idle import IdleBenchSettings, default_idle_json_path, idle_table, run_idle_bench
 from ..bench.dispatch.run import DispatchBenchSettings, default_json_path, run_dispatch_bench
 from ..bench.dispatch.table import dispatch_table
-from .output import run_benchmark, settings_from_options
+from .bench_run import run_benchmark, settings_from_options
 
 
 @click.command("dispatch")

@@ -12,7 +12,7 @@ import click
 from ..bench.chaos.model import ChaosSettings
 from ..bench.chaos.result import chaos_table
 from ..bench.chaos.run import default_json_path, run_chaos
-from .output import run_benchmark, settings_from_options
+from .bench_run import run_benchmark, settings_from_options
 
 
 @click.command("chaos")

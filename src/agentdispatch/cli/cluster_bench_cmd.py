@@ -10,7 +10,7 @@ import click
 
 from ..bench.cluster.run import ClusterBenchSettings, default_json_path, run_cluster_bench
 from ..bench.cluster.table import cluster_table
-from .output import run_benchmark, settings_from_options
+from .bench_run import run_benchmark, settings_from_options
 
 
 @click.command("cluster")

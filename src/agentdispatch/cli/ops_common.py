@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,12 +13,14 @@ import click
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ..protocol.jwt_warnings import ignore_short_hmac_key_warning
+from ..protocol.urls import http_base
 from .output import stdout_console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # PyJWT warns on secrets under 32 bytes (LiveKit's dev secret is "secret"); the server decides what it accepts
-warnings.filterwarnings("ignore", message="The HMAC key is")
+ignore_short_hmac_key_warning()
 DEFAULT_URL = "http://127.0.0.1:7880"
 
 
@@ -35,12 +36,7 @@ class Conn:
 
     @property
     def http_url(self) -> str:
-        url = self.url.rstrip("/")
-        if url.startswith("ws://"):
-            return "http://" + url.removeprefix("ws://")
-        if url.startswith("wss://"):
-            return "https://" + url.removeprefix("wss://")
-        return url
+        return http_base(self.url)
 
     def require_keys(self) -> None:
         if not self.api_key or not self.api_secret:

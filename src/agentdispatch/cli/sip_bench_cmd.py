@@ -14,7 +14,7 @@ import click
 from ..bench.sip.cases import run_sip_cases
 from ..bench.sip.run import SipBenchSettings, default_json_path, run_sip_bench
 from ..bench.sip.table import cases_table, sip_table
-from .output import run_benchmark, settings_from_options
+from .bench_run import run_benchmark, settings_from_options
 
 
 @click.command("sip")

@@ -19,7 +19,7 @@ from ..bench.worker.run import (
     default_json_path,
     run_worker_bench,
 )
-from .output import run_benchmark, settings_from_options
+from .bench_run import run_benchmark, settings_from_options
 
 
 @click.command("worker")
