@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from livekit.protocol import agent_dispatch, sip
 from livekit.protocol import room as lk_room
 from rtp_tools import matching, open_sink, tone_frames, write_pcap
@@ -74,3 +75,23 @@ async def test_dtmf_from_the_caller_reaches_the_agent_as_events(
         transport.close()
     seen = json.loads(out.read_text())
     assert seen == {"digits": "5#", "sender": "sip_+15551234"}
+
+
+@pytest.mark.parametrize("gateway_config", [{"ringback": True}])
+async def test_ringback_plays_as_early_media_while_the_caller_waits(
+    rig: SipRig, sipp_bin: str, tmp_path: Path
+) -> None:
+    rig.gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="t"))
+    rig.gateway.directory.add_rule(agent_rule("nobody"))  # no worker: the caller waits the full 3 s
+    transport, sink, port = await open_sink()
+    try:
+        scenario = CallScenario(expect=503, early_media=True, media_port=str(port), payloads="0")
+        run = await run_sipp(sipp_bin, scenario, rig.target, tmp_path / "s")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+    finally:
+        transport.close()
+    (trace,) = run.calls.values()
+    assert "progress" in trace.events and trace.status == 503
+    tone = [p for pt, p in sink.packets if pt == 0 and p != b"\xff" * 160]  # not silence
+    # 2 s of 440+480 Hz in the first cadence, at 50 frames/s (RTP before any 200 OK)
+    assert len(tone) >= 90, len(sink.packets)

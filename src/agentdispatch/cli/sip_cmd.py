@@ -29,6 +29,9 @@ SIP_OPTIONS = [
         help="SIP port, UDP and TCP (0 = any free).",
     ),
     click.Option(["--no-tcp"], is_flag=True, help="SIP over UDP only."),
+    click.Option(
+        ["--ringback"], is_flag=True, help="183 Session Progress with a ringback tone while ringing."
+    ),
     click.Option(["--rtp-ports"], default="20000-30000", show_default=True, help="RTP port range LOW-HIGH."),
     click.Option(
         ["--ringing-timeout"],
@@ -72,8 +75,8 @@ SIP_OPTIONS = [
         help="JSON file of trunks and dispatch rules (docs/sip.md).",
     ),
 ]
-SIP_NAMES = {"sip_host", "sip_port", "no_tcp", "rtp_ports", "ringing_timeout", "final_status", "retry_after",
-             "max_calls", "limit_status", "sip_config"}  # fmt: skip
+SIP_NAMES = {"sip_host", "sip_port", "no_tcp", "ringback", "rtp_ports", "ringing_timeout", "final_status",
+             "retry_after", "max_calls", "limit_status", "sip_config"}  # fmt: skip
 NOT_CONFIG = {"dev", "bind", "keys_file", "log_level", "log_format"}
 
 
@@ -100,6 +103,7 @@ def _gateway_config(kw: dict[str, Any], host: str) -> Any:
         host=kw["sip_host"] or host,
         port=kw["sip_port"],
         tcp=not kw["no_tcp"],
+        ringback=kw["ringback"],
         rtp_ports=ports,
         ringing_timeout=kw["ringing_timeout"],
         final_status=int(kw["final_status"]),

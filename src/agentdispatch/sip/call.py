@@ -29,6 +29,7 @@ from ..protocol import TwirpError, new_id
 from ..server.rooms import RoomSpec
 from .config import FINAL_CODES, TrunkPolicy
 from .directory import Route
+from .early_media import play_ringback, session_progress
 from .leg import RoomLeg
 
 log = logging.getLogger("agentdispatch.sip.call")
@@ -62,6 +63,7 @@ class CallEnv:
     host: str
     allocate_port: Callable[[], Awaitable[int]]
     release_port: Callable[[int], Awaitable[None]]
+    ringback: bool = False  # 183 Session Progress + a ringback tone while ringing
 
 
 class CallState(enum.Enum):
@@ -122,6 +124,7 @@ class Call:
         self.job_error = ""
         self._created_room = False
         self._ringing_sent = False
+        self._ringback: asyncio.Future[None] | None = None
         self._leg: RoomLeg | None = None
         self._media: CallSession | None = None
         self._port = 0
@@ -182,7 +185,17 @@ class Call:
             return False
         self._inv.ringing()
         self._ringing_sent = True
-        return await self._wait_for_agent()
+        if self._env.ringback:
+            await self._media.start()
+            session_progress(self._inv, self._media)
+            self._ringback = asyncio.ensure_future(play_ringback(self._media))
+        try:
+            return await self._wait_for_agent()
+        finally:
+            if self._ringback is not None:
+                self._ringback.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._ringback
 
     async def _open_room(self) -> None:
         room, created = await self._env.rooms.create_room(self._env.make_room_spec(self._route))
@@ -248,7 +261,8 @@ class Call:
     async def _answer(self) -> None:
         assert self._media is not None and self._leg is not None
         media, leg, rec = self._media, self._leg, self.record
-        await media.start()
+        if media.rtp_session is None:  # already started for early media
+            await media.start()
 
         def from_caller(pcm: bytes, timestamp: int) -> None:
             rec.rtp_in += 1

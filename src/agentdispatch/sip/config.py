@@ -36,6 +36,7 @@ class GatewayConfig:
     limit_status: int = 486  # answered at once when a trunk is at its limit
     max_call_duration: float = 0.0  # seconds; 0 = no limit
     user_agent: str = "agentdispatch-sip"
+    ringback: bool = False  # 183 Session Progress with a ringback tone (early media) while ringing
     realm: str = "agentdispatch"  # digest realm for trunks with auth_username and no auth_realm
 
     def __post_init__(self) -> None:

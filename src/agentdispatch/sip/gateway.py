@@ -100,6 +100,7 @@ class SipGateway:
             host=self.config.host,
             allocate_port=self._allocate_port,
             release_port=self._ports.release,
+            ringback=self.config.ringback,
         )
 
     async def start(self) -> None:

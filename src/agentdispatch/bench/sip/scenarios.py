@@ -90,6 +90,11 @@ RINGING = """  <recv response="180" optional="{optional}">
   </recv>
 """
 
+PROGRESS = """  <recv response="183" optional="true">
+    <action><gettimeofday assign_to="s,us"/><log message="EV [call_id] progress [$s] [$us]"/></action>
+  </recv>
+"""
+
 ANSWERED = """  <recv response="200" rrs="true">
     <action><gettimeofday assign_to="s,us"/><log message="EV [call_id] answered [$s] [$us] 200"/></action>
   </recv>
@@ -202,6 +207,7 @@ class CallScenario:
     media_port: str = "[media_port]"  # a number sends the gateway's RTP to that port instead of sipp's
     payloads: str = "0 8"
     auth: tuple[str, str] | None = None  # (user, password): expect a 407 first, then authenticate
+    early_media: bool = False  # accept a 183 Session Progress after the 180
 
     def xml(self) -> str:
         sdp = SDP.format(media_port=self.media_port, payloads=self.payloads)
@@ -219,6 +225,7 @@ class CallScenario:
             parts.append(FINAL.format(code=487, cseq=1))
         elif self.expect == "answer":
             parts.append(RINGING.format(optional="false" if self.ringing_required else "true"))
+            parts.append(PROGRESS if self.early_media else "")
             parts.append(ANSWERED.format(cseq=cseq))
             if self.pcap:
                 parts.append(PLAY.format(pcap=self.pcap))
@@ -230,6 +237,7 @@ class CallScenario:
                 parts.append(AGENT_BYE.format(bye_timeout_ms=self.bye_timeout_ms))
         else:
             parts.append(RINGING.format(optional="true"))
+            parts.append(PROGRESS if self.early_media else "")
             parts.append(FINAL.format(code=int(self.expect), cseq=cseq))
         body = "".join(parts)
         head = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="agentdispatch">\n'
