@@ -165,6 +165,8 @@ function renderLatency() {
     series.forEach((v, i) => { if (v !== null) nodes.push(mk("circle", { class: `${cls} dot`, cx: x(i), cy: y(v), r: 2.5 })); });
   }
   const label = mk("text", { x: 6, y: 12 }); label.textContent = `max ${fmtMs(max)}`; nodes.push(label);
+  const left = mk("text", { x: 6, y: H - 4 }); left.textContent = `-${CHART_BUCKETS * BUCKET_MS / 60000} min`; nodes.push(left);
+  const right = mk("text", { x: W - 6, y: H - 4, "text-anchor": "end" }); right.textContent = "now"; nodes.push(right);
   svg.replaceChildren(...nodes);
   document.getElementById("latency-max").textContent = `${all.length} jobs in the last ${CHART_BUCKETS * BUCKET_MS / 60000} min`;
 }
