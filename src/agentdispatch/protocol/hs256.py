@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import AuthError
@@ -57,15 +58,31 @@ def _json_segment(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
-def unverified_payload(token: str) -> dict[str, Any]:
-    """The payload without any check; raises AuthError if the token is not a well-formed HS256 JWT."""
+@dataclass(frozen=True)
+class Parsed:
+    """A well-formed HS256 JWT split once: its payload (unverified) and what the signature covers."""
+
+    payload: dict[str, Any]
+    signing_input: str
+    signature: str
+
+
+def parse(token: str) -> Parsed:
+    """Split and decode once; raises AuthError if the token is not a well-formed HS256 JWT."""
     parts = token.split(".")
     if len(parts) != 3:
         raise AuthError("malformed token: expected three segments")
-    header = _json_segment(parts[0], "header")
-    if header.get("alg") != "HS256":
-        raise AuthError(f"invalid token: algorithm {header.get('alg')!r} is not HS256")
-    return _json_segment(parts[1], "payload")
+    if parts[0] != _HEADER:  # the header every encoder we know writes is checked without decoding it
+        header = _json_segment(parts[0], "header")
+        if header.get("alg") != "HS256":
+            raise AuthError(f"invalid token: algorithm {header.get('alg')!r} is not HS256")
+    payload = _json_segment(parts[1], "payload")
+    return Parsed(payload, f"{parts[0]}.{parts[1]}", parts[2])
+
+
+def unverified_payload(token: str) -> dict[str, Any]:
+    """The payload without any check; raises AuthError if the token is not a well-formed HS256 JWT."""
+    return parse(token).payload
 
 
 def _number(payload: dict[str, Any], name: str) -> float | None:
@@ -79,9 +96,15 @@ def _number(payload: dict[str, Any], name: str) -> float | None:
 
 def verify(token: str, secret: str, now: float, leeway: float) -> dict[str, Any]:
     """Check signature, `exp` (required) and `nbf`; return the payload."""
-    payload = unverified_payload(token)
-    signing_input, _, signature = token.rpartition(".")
-    if not hmac.compare_digest(_sign(signing_input.encode("ascii"), secret), b64url_decode(signature)):
+    return verify_parsed(parse(token), secret, now, leeway)
+
+
+def verify_parsed(parsed: Parsed, secret: str, now: float, leeway: float) -> dict[str, Any]:
+    """`verify` for a token already split by `parse` (the issuer is read before the secret is known)."""
+    payload = parsed.payload
+    if not hmac.compare_digest(
+        _sign(parsed.signing_input.encode("ascii"), secret), b64url_decode(parsed.signature)
+    ):
         raise AuthError("invalid token: signature verification failed")
     exp = _number(payload, "exp")
     if exp is None:

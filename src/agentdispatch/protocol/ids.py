@@ -5,6 +5,7 @@ Use the helpers (`new_job_id()`, ...) rather than `new_id(<literal>)`, so every 
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import random
@@ -28,8 +29,15 @@ SIP_DISPATCH_RULE = "SDR_"
 _RNG = random.Random(os.urandom(32))
 
 
+#: base64url's two non-alphanumeric digits become letters, so an id stays base62 (a slight bias, no matter)
+_TO_BASE62 = bytes.maketrans(b"-_", b"xz")
+
+
 def new_id(prefix: str, length: int = 12) -> str:
     """A random id such as ``AJ_x8Kd2mQp0ZaB`` (base62)."""
+    if length == 12:  # the usual size: 72 random bits, 12 base64url digits at once (~10x random.choices)
+        raw = base64.urlsafe_b64encode(_RNG.getrandbits(72).to_bytes(9, "big"))
+        return prefix + raw.translate(_TO_BASE62).decode("ascii")
     return prefix + "".join(_RNG.choices(_ALPHABET, k=length))
 
 

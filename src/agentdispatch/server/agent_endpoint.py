@@ -21,7 +21,6 @@ from ..protocol import (
     ProtocolError,
     bearer_token,
     decode_worker_message,
-    hs256,
     new_id,
 )
 from ..util import SYSTEM_CLOCK, Clock
@@ -41,7 +40,7 @@ def authorize_worker(request: web.Request, keys: KeyRing) -> str:
     claims = keys.verify(token)
     if claims.video is None or not claims.video.agent:
         raise AuthError("token lacks the video grant agent=true")
-    return str(hs256.unverified_payload(token).get("iss", ""))
+    return keys.issuer(token)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,15 @@ class JobLog:
         job = event.job
         if event.kind is K.CREATED:
             self._created_at[job.id] = event.at
-        level = logging.DEBUG if event.kind in _DEBUG else logging.INFO
+        if event.kind is K.ENDED:
+            started = self._created_at.pop(job.id, None)
+            failed = job.state.status == agent.JobStatus.JS_FAILED
+            level = logging.WARNING if failed else logging.INFO
+        else:
+            started = self._created_at.get(job.id)
+            level = logging.DEBUG if event.kind in _DEBUG else logging.INFO
+        if not log.isEnabledFor(level):  # the line is built only when it is written
+            return
         extra: dict[str, object] = {
             "job_id": job.id,
             "dispatch_id": job.dispatch_id,
@@ -52,16 +60,10 @@ class JobLog:
             extra["worker_id"] = event.worker_id
         if event.detail:
             extra["detail"] = event.detail
-        if event.kind is K.ASSIGNED:
-            started = self._created_at.get(job.id)
-            if started is not None:
-                extra["ms"] = round((event.at - started) * 1000, 2)
+        if event.kind is K.ASSIGNED and started is not None:
+            extra["ms"] = round((event.at - started) * 1000, 2)
         elif event.kind is K.ENDED:
-            self._created_at.pop(job.id, None)
             extra["status"] = agent.JobStatus.Name(job.state.status)
             if job.state.reason:
                 extra["reason"] = agent.JobStateReason.Name(job.state.reason)
-            if job.state.status == agent.JobStatus.JS_FAILED:
-                level = logging.WARNING
-        if log.isEnabledFor(level):
-            log.log(level, _MESSAGES[event.kind], extra=extra)
+        log.log(level, _MESSAGES[event.kind], extra=extra)

@@ -48,6 +48,8 @@ class WorkerRegistry:
         self._rng = rng or random.Random()
         self._node_id = node_id
         self._workers: dict[str, WorkerSession] = {}
+        #: (projected load, eligible) of each worker at its last re-rank; one changing nothing is skipped
+        self._ranks: dict[str, tuple[float, bool]] = {}
         self._index: dict[WorkerKey, LoadIndex] = {}
 
     def __len__(self) -> int:
@@ -69,6 +71,7 @@ class WorkerRegistry:
     def remove(self, session: WorkerSession) -> None:
         if self._workers.pop(session.id, None) is None:
             return
+        self._ranks.pop(session.id, None)
         for key in session.registration.worker_keys():
             index = self._index.get(key)
             if index is not None:
@@ -241,5 +244,9 @@ class WorkerRegistry:
         eligible = self._static_eligible(session)
         if math.isnan(projected):  # cannot happen after sanitising; never let it into the heap
             projected, eligible = FULL_PROJECTION, False
+        rank = (projected, eligible)
+        if self._ranks.get(session.id) == rank:
+            return  # e.g. the periodic status report of an idle worker: its heap entry is still right
+        self._ranks[session.id] = rank
         for key in session.registration.worker_keys():
             self._index[key].update(session.id, projected, eligible)

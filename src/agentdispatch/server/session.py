@@ -199,9 +199,13 @@ class WorkerSession:
                 continue
             data = self._queue.popleft()
             self._queued_bytes -= len(data)
-            send = self.ws.send_str(data) if isinstance(data, str) else self.ws.send_bytes(data)
             try:
-                await asyncio.wait_for(send, self._limits.send_timeout)
+                # asyncio.timeout, not wait_for: wait_for wraps every frame in a new Task
+                async with asyncio.timeout(self._limits.send_timeout):
+                    if isinstance(data, str):
+                        await self.ws.send_str(data)
+                    else:
+                        await self.ws.send_bytes(data)
             except TimeoutError:
                 self.cut_off(
                     f"socket took no frame for {self._limits.send_timeout:g}s: worker is not reading"

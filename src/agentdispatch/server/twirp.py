@@ -74,8 +74,15 @@ def require(
 
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     """The whole request body (chunked or not), or TwirpError if it is over `limit` or too slow."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise TwirpError("malformed", f"body larger than {limit} bytes")
+    content = request.content
+    if length is not None and content.is_eof():  # the usual small body: all here already, no timer needed
+        body = content.read_nowait(-1)
+        if len(body) != length:
+            raise TwirpError("malformed", f"body ended after {len(body)} of {length} bytes")
+        return body
     chunks: list[bytes] = []
     total = 0
     try:
