@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import agent, models, sip
@@ -48,6 +49,10 @@ async def test_call_is_answered_by_the_agent_who_sees_the_caller(
     rec = rig.gateway.history[-1]
     assert rec.end_reason == "caller_bye"
     assert await rig.server.rooms.list_rooms([rec.room]) == []
+    async with aiohttp.ClientSession() as http, http.get(f"{rig.server.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'agentdispatch_sip_calls_total{status="200"} 1.0' in text
+    assert "agentdispatch_sip_post_dial_delay_seconds_count 1.0" in text
 
 
 def last_record(rig: SipRig) -> Any:

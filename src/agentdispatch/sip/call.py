@@ -86,6 +86,7 @@ class CallRecord:
     dispatch_ids: list[str] = field(default_factory=list)
     rtp_in: int = 0  # audio frames from the caller relayed to the room
     rtp_out: int = 0  # audio frames from the agent sent to the caller
+    post_dial_delay: float | None = None  # seconds from the INVITE to our 200 OK
 
 
 def caller_number(uri: str) -> str:
@@ -125,6 +126,7 @@ class Call:
         self._created_room = False
         self._ringing_sent = False
         self._ringback: asyncio.Future[None] | None = None
+        self._invited_at = asyncio.get_running_loop().time()
         self._leg: RoomLeg | None = None
         self._media: CallSession | None = None
         self._port = 0
@@ -278,6 +280,7 @@ class Call:
         media.on_dtmf = lambda digit, duration: leg.send_dtmf(digit, duration)
         leg.on_audio = to_caller
         self._inv.accept(media.sdp_answer)
+        rec.post_dial_delay = asyncio.get_running_loop().time() - self._invited_at
         rec.state = CallState.ACTIVE
         rec.final_status = 200
         log.info("call answered", extra=self.log_fields)

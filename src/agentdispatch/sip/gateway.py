@@ -28,6 +28,7 @@ from .auth import DigestGuard
 from .call import Call, CallEnv, CallRecord, caller_number, final_response
 from .config import GatewayConfig, TrunkPolicy
 from .directory import Route, SipDirectory
+from .metrics import SipMetrics
 from .transport import GatewayTcpTransport, GatewayUdpTransport
 from .twirp_sip import SipTwirp
 
@@ -77,6 +78,7 @@ class SipGateway:
         self._tasks = TaskSet("sip-gateway")
         self._twirp = SipTwirp(server.keys, self.directory)
         self._digest = DigestGuard(config.realm)
+        self.metrics = SipMetrics(server.ops.metrics.registry)  # served on the server's /metrics
         self.port = config.port
         self._unsubscribe = server.dispatcher.events.subscribe(self._on_event)
 
@@ -185,14 +187,20 @@ class SipGateway:
         rec = CallRecord("", inv.call_id, route.trunk.sip_trunk_id, route.room, final_status=status)
         rec.end_reason = reason
         self.history.append(rec)
+        self.metrics.ended(status)
 
     async def _run(self, call: Call) -> None:
+        self.metrics.active.inc()
         try:
             await call.run()
         finally:
+            self.metrics.active.dec()
             self._calls.pop(call.record.sip_call_id, None)
             self._running.pop(call.record.sip_call_id, None)
             self.history.append(call.record)
+            self.metrics.ended(call.record.final_status)
+            if call.record.post_dial_delay is not None:
+                self.metrics.post_dial_delay.observe(call.record.post_dial_delay)
             self._forget_later(call.invite)
 
     def _forget_later(self, inv: IncomingCall) -> None:
