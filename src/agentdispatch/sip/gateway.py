@@ -163,10 +163,12 @@ class SipGateway:
         if route is None:
             log.info("call refused: no trunk or dispatch rule", extra={"caller": caller, "called": called})
             final_response(inv, 404, 0)
+            self.metrics.ended(404)
             self._forget_later(inv)
             return
         if route.trunk.auth_username and not self._digest.verify(inv, route.trunk):
             self._digest.challenge(inv, route.trunk)  # 407; the caller retries with credentials
+            self.metrics.ended(407)
             self._forget_later(inv)
             return
         policy = TrunkPolicy.of(route.trunk, self.config)
