@@ -214,3 +214,18 @@ async def _query_until_positive(
                 pass  # not listening yet
             await asyncio.sleep(0.25)
     raise AssertionError(f"prometheus never returned {query} > 0; last answer {last}")
+
+
+async def test_a_repeated_running_report_is_measured_once(harness: Any) -> None:
+    w = await harness.worker(agent_name="chatty")
+    await harness.api.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="chatty", room="c")
+    )
+    [a] = await w.wait_assignments(1)
+    for _ in range(3):
+        await w.finish(a.job.id, agent.JobStatus.JS_RUNNING)
+    await w.sync()
+    text = await scrape(harness)
+    count = "agentdispatch_dispatch_stage_seconds_count"
+    assert value(text, count, agent_name="chatty", stage="created_to_running") == 1
+    assert value(text, count, agent_name="chatty", stage="accepted_to_running") == 1

@@ -110,7 +110,7 @@ class ServerMetrics:
         elif kind is JobEventKind.ASSIGNED:
             self._child(self.offers, name, "accepted").inc()
             t = self._observer.track(event.job.id)
-            if t is not None and t.offered is not None and t.accepted is not None:
+            if t is not None and t.stage_changed and t.offered is not None and t.accepted is not None:
                 self._child(self.stage_seconds, name, "created_to_offered").observe(
                     max(0.0, t.offered - t.created)
                 )
@@ -119,7 +119,7 @@ class ServerMetrics:
                 )
         elif kind is JobEventKind.RUNNING:
             t = self._observer.track(event.job.id)
-            if t is not None and t.running is not None:
+            if t is not None and t.stage_changed and t.running is not None:  # once, not per repeated report
                 if t.accepted is not None:
                     running = max(0.0, t.running - t.accepted)
                     self._child(self.stage_seconds, name, "accepted_to_running").observe(running)

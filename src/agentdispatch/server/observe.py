@@ -113,6 +113,8 @@ class JobTrack:
     accepted: float | None = None
     running: float | None = None
     worker_id: str = ""
+    #: the last event changed a stage time (a repeated RUNNING or ASSIGNED report does not)
+    stage_changed: bool = False
 
 
 @dataclass
@@ -208,6 +210,7 @@ class FleetObserver:
         return self._tracks.get(job_id)
 
     def _advance(self, track: JobTrack, kind: JobEventKind, at: float, worker_id: str) -> None:
+        track.stage_changed = False
         if kind in (JobEventKind.CREATED, JobEventKind.QUEUED, JobEventKind.RESTARTING):
             if track.waiting_since is None:
                 track.waiting_since = at
@@ -216,11 +219,13 @@ class FleetObserver:
         elif kind is JobEventKind.OFFERED and track.offered is None:
             track.offered = at
         elif kind in (JobEventKind.ASSIGNED, JobEventKind.MIGRATED):
+            track.stage_changed = track.accepted is None
             track.accepted = track.accepted or at
             track.waiting_since = None
             self._hold(track, worker_id)
         elif kind is JobEventKind.RUNNING and track.running is None:
             track.running = at
+            track.stage_changed = True
             track.waiting_since = None
             self.latencies.append((self.clock.wall_ns() // 1_000_000, at - track.created))
         elif kind is JobEventKind.ORPHANED:
