@@ -62,8 +62,8 @@ class AdminAuth:
 
 
 def _error(cls: type[web.HTTPException], msg: str) -> web.HTTPException:
-    return cls(text=json.dumps({"code": cls.__name__.removeprefix("HTTP").lower(), "msg": msg}),
-               content_type="application/json")  # fmt: skip
+    body = json.dumps({"code": cls.__name__.removeprefix("HTTP").lower(), "msg": msg})
+    return cls(text=body, content_type="application/json")
 
 
 class AdminApi:
