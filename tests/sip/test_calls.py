@@ -206,3 +206,19 @@ async def test_max_call_duration_ends_the_call_with_bye(
     assert "bye_received" in trace.events and (trace.delay("bye_received") or 0) >= 1.0
     await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
     assert last_record(rig).end_reason == "max call duration"
+
+
+@pytest.mark.parametrize("gateway_config", [{"rtp_ports": (41000, 41002)}])  # room for one call's RTP
+async def test_when_rtp_ports_run_out_the_next_call_gets_503_at_once(
+    rig: SipRig, sipp_bin: str, tmp_path: Path
+) -> None:
+    add_trunk_and_rule(rig, "nobody")
+    first = asyncio.ensure_future(run_sipp(sipp_bin, CallScenario(expect=503), rig.target, tmp_path / "a"))
+    await wait_until(lambda: rig.gateway.active_calls(), 20, "the first call")
+    second = await run_sipp(sipp_bin, CallScenario(expect=503), rig.target, tmp_path / "b")
+    assert second.returncode == 0, second.stderr
+    (trace,) = second.calls.values()
+    assert trace.status == 503 and "ringing" not in trace.events
+    assert (await first).returncode == 0
+    assert sorted(r.end_reason for r in rig.gateway.history)[0] == "no agent within 3 s"
+    assert "no free RTP port" in [r.end_reason for r in rig.gateway.history]

@@ -77,6 +77,10 @@ def test_invalid_entries_are_refused() -> None:
     with pytest.raises(SipConfigError):
         d.add_trunk(sip.SIPInboundTrunkInfo(allowed_addresses=["300.1.1.1"]))
     with pytest.raises(SipConfigError):
+        d.add_trunk(sip.SIPInboundTrunkInfo(ringing_timeout_status=sip.SIPStatusCode.SIP_STATUS_NOTFOUND))
+    with pytest.raises(SipConfigError):
+        d.add_trunk(sip.SIPInboundTrunkInfo(metadata='{"limit_status": 200}'))
+    with pytest.raises(SipConfigError):
         GatewayConfig(final_status=404)
     with pytest.raises(SipConfigError):
         GatewayConfig(rtp_ports=(30000, 20000))

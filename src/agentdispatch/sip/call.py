@@ -173,7 +173,12 @@ class Call:
         if offer is None:
             self._reject(488, "no SDP offer")
             return False
-        self._port = await self._env.allocate_port()
+        try:
+            self._port = await self._env.allocate_port()
+        except RuntimeError as exc:  # aiortp's PortAllocator: the RTP port range is used up
+            log.warning("call refused: %s", exc, extra=self.log_fields)
+            self._reject(503, "no free RTP port")
+            return False
         try:
             self._media = CallSession(local_ip=self._env.host, rtp_port=self._port, offer=offer)
         except (ValueError, SdpNegotiationError) as exc:

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from livekit.protocol import sip
 
 from ..protocol import new_id
-from .config import SipConfigError
+from .config import GatewayConfig, SipConfigError, TrunkPolicy
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ def validate_rule(rule: sip.SIPDispatchRuleInfo) -> None:
 
 
 def validate_trunk(trunk: sip.SIPInboundTrunkInfo) -> None:
+    TrunkPolicy.of(trunk, GatewayConfig())  # status codes in ringing_timeout_status / metadata are usable
     for entry in trunk.allowed_addresses:
         try:
             ipaddress.ip_network(entry, strict=False)
