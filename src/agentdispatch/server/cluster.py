@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..protocol.errors import ConfigError
 from ..util import TaskSet
-from .cluster_state import Handoff, HandoffStreams, NodeLeases, WorkerDirectory
+from .cluster_state import Candidate, Handoff, HandoffStreams, NodeLeases, WorkerDirectory
 from .events import Event, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind, WorkerSummary
 from .session import job_key
 from .store import StoreUnavailable
@@ -43,6 +43,8 @@ log = logging.getLogger("agentdispatch.server.cluster")
 _SETTLED = (JobEventKind.ASSIGNED, JobEventKind.ENDED, JobEventKind.MIGRATED)
 _ENDED = (agent.JobStatus.JS_SUCCESS, agent.JobStatus.JS_FAILED, agent.JobStatus.JS_CANCELLED)
 #: Redis unreachable or slow: loops log, wait, and try again (anything else is a bug and surfaces)
+#: hand-offs being given to the dispatcher at once (each waits on its own Redis round trips)
+MAX_DELIVERIES = 64
 #: heartbeats between full republishes of this node's workers
 REPUBLISH_EVERY = 5
 REDIS_DOWN = (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError)
@@ -59,7 +61,7 @@ class ClusterOptions:
     #: how long one read of the hand-off stream blocks (bounds shutdown, not latency)
     read_block: float = 1.0
     #: coalescing delay for worker summary writes
-    publish_delay: float = 0.01
+    publish_delay: float = 0.02
     #: load added to a remote worker's projection when a hand-off is sent to it
     per_job_load: float = 0.1
 
@@ -104,7 +106,9 @@ class ClusterNode:
         self._gone: dict[str, WorkerSummary] = {}
         self._gone_listed: dict[str, WorkerSummary] = {}  # left during shutdown: stay in the node set
         self._publish_wakeup = asyncio.Event()
+        self._delivering = asyncio.Semaphore(MAX_DELIVERIES)
         self._unacked: dict[str, tuple[str, str]] = {}  # job id -> (stream node, entry id)
+        self._local_jobs: set[str] = set()  # placed here directly; their own entry is not delivered
         self._acks: list[tuple[str, str]] = []
         self._known_dead: set[str] = set()
         self._closing = False
@@ -146,30 +150,54 @@ class ClusterNode:
             self._publish_wakeup.set()
         elif isinstance(event, JobEvent) and event.kind in _SETTLED:
             held = self._unacked.pop(event.job.id, None)
-            if held is not None:
+            if held is not None and held[1]:
                 self._acks.append(held)
                 self._publish_wakeup.set()
 
     def release(self, job_id: str) -> None:
         """This node no longer holds the job (moved on with a new hand-off): acknowledge its entry."""
         held = self._unacked.pop(job_id, None)
-        if held is not None:
+        if held is not None and held[1]:
             self._acks.append(held)
             self._publish_wakeup.set()
 
     # -- placement -----------------------------------------------------------------------------
     async def route(self, job: agent.Job, deadline: float | None = None, resuming: bool = False) -> str:
         """Hand a stored job to the node of the best worker cluster-wide; returns that node's id."""
+        best = await self.choose(job)
+        target = best.node_id if best is not None else self.node_id
+        await self.send_offer(target, job, deadline, resuming, best.worker_id if best else "")
+        return target
+
+    async def choose(self, job: agent.Job) -> Candidate | None:
+        """The cluster's best worker for a job (its projection raised at once), or None."""
         key = job_key(job)
         best = await self.directory.best(key)
-        target, worker_id = self.node_id, ""
-        if best is not None and best.node_id not in self._known_dead:
-            target, worker_id = best.node_id, best.worker_id
-            await self.directory.bump(best, key, self.options.per_job_load)
+        if best is None or best.node_id in self._known_dead:
+            return None
+        await self.directory.bump(best, key, self.options.per_job_load)
+        return best
+
+    async def send_offer(
+        self,
+        target: str,
+        job: agent.Job,
+        deadline: float | None,
+        resuming: bool,
+        worker_id: str = "",
+        local: bool = False,
+    ) -> str:
+        """Append the durable hand-off. `local`: the caller places the job here itself, now; this node's
+        consumer then only keeps the entry pending until the job is assigned or ended."""
         deadline_ms = 0 if deadline is None else int((time.time() + deadline) * 1000)
         handoff = Handoff("offer", job.id, worker_id, deadline_ms, resuming, self.node_id)
-        await self.streams.send(target, handoff)
-        return target
+        if local:  # held here from now on; the entry id is filled in by whichever learns it first
+            self._local_jobs.add(job.id)
+            self._unacked[job.id] = (self.node_id, "")
+        entry = await self.streams.send(target, handoff)
+        if local and self._unacked.get(job.id) == (self.node_id, ""):
+            self._unacked[job.id] = (self.node_id, entry)
+        return entry
 
     async def relay_termination(self, job_id: str, worker_id: str) -> bool:
         """Tell the node holding `worker_id` to terminate the job there; False if no node holds it."""
@@ -206,8 +234,11 @@ class ClusterNode:
                 if pending and not batch:
                     pending = False
                     continue
-                for handoff in batch:
-                    await self._deliver(self.node_id, handoff)
+                for handoff in batch:  # concurrently: each waits on Redis round trips of its own
+                    if self._placed_here(handoff):
+                        continue
+                    await self._delivering.acquire()
+                    self._tasks.spawn(self._deliver_one(handoff), f"deliver:{handoff.job_id}")
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -220,6 +251,28 @@ class ClusterNode:
                 _reraise_if_cancelled(exc)
                 log.warning("hand-off read failed", extra={"node_id": self.node_id, "error": str(exc)})
                 await asyncio.sleep(min(1.0, self.options.heartbeat_interval))
+
+    def _placed_here(self, h: Handoff) -> bool:
+        """A hand-off this node sent itself while placing the job directly (send_offer(local=True))."""
+        if h.kind != "offer" or h.from_node != self.node_id or h.job_id not in self._local_jobs:
+            return False
+        self._local_jobs.discard(h.job_id)
+        held = self._unacked.get(h.job_id)
+        if held is None:  # settled already: nothing left to keep pending
+            self._acks.append((self.node_id, h.entry_id))
+            self._publish_wakeup.set()
+        elif held == (self.node_id, ""):  # read before send_offer had its reply
+            self._unacked[h.job_id] = (self.node_id, h.entry_id)
+        return True
+
+    async def _deliver_one(self, h: Handoff) -> None:
+        try:
+            await self._deliver(self.node_id, h)
+        except REDIS_DOWN as exc:  # stays pending in the stream: redelivered after a restart / takeover
+            _reraise_if_cancelled(exc)
+            log.warning("hand-off not delivered", extra={"job_id": h.job_id, "error": str(exc)})
+        finally:
+            self._delivering.release()
 
     async def _deliver(self, stream_node: str, h: Handoff) -> None:
         if h.kind == "terminate":

@@ -71,13 +71,20 @@ class ClusteredDispatcher(Dispatcher):
 
     # -- the seams ---------------------------------------------------------------------------------
     async def submit(self, job: agent.Job, deadline: float | None = None) -> None:
-        """Store a new job, then hand it to the node of the cluster's best worker (maybe this one)."""
+        """Hand a new job to the node of the cluster's best worker; when that is this node (or no worker
+        is eligible anywhere) place it here at once, behind a durable hand-off to this node's stream."""
         self.check_capacity(1, job.ByteSize())
+        wait = self._config.dispatch_deadline if deadline is None else deadline
+        best = await self.cluster.choose(job)
+        me = self.cluster.node_id
+        if best is None or best.node_id == me:
+            await self.cluster.send_offer(me, job, wait, False, best.worker_id if best else "", local=True)
+            await super().submit(job, wait)  # stores the job and offers it here
+            return
         job.state.status = JS_PENDING
         job.state.updated_at = self._clock.wall_ns()
         await self._store.add_job(job)
-        wait = self._config.dispatch_deadline if deadline is None else deadline
-        await self.cluster.route(job, wait)
+        await self.cluster.send_offer(best.node_id, job, wait, False, best.worker_id)
 
     async def take(self, job: agent.Job, deadline: float | None, resuming: bool, prefer: str) -> None:
         if self.is_pending(job.id):

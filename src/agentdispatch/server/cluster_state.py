@@ -117,7 +117,7 @@ class WorkerDirectory:
     async def publish(self, summaries: Sequence[WorkerSummary]) -> None:
         if not summaries:
             return
-        pipe = self._r.pipeline(transaction=True)
+        pipe = self._r.pipeline(transaction=False)
         for s in summaries:
             pipe.hset(f"{self._p}wsum", s.worker_id, json.dumps(asdict(s)))
             pipe.sadd(f"{self._p}wsum:n:{s.node_id}", s.worker_id)
@@ -134,7 +134,7 @@ class WorkerDirectory:
         takes the node over finds the jobs they still hold (a shutdown: they reconnect elsewhere)."""
         if not summaries:
             return
-        pipe = self._r.pipeline(transaction=True)
+        pipe = self._r.pipeline(transaction=False)
         for s in summaries:
             pipe.hdel(f"{self._p}wsum", s.worker_id)
             if not keep_membership:
