@@ -1,6 +1,6 @@
 """A phone agent: answers the call, plays a short greeting, then echoes the caller's voice back.
 
-    agentdispatch sip --dev --sip-port 5060 --config examples/sip.json   # server + SIP gateway
+    agentdispatch sip --dev --sip-port 5060 --sip-config examples/sip.json   # server + SIP gateway
     python examples/sip_echo_agent.py dev                                   # this worker
 
 Then call sip:+15550100@127.0.0.1:5060 from any SIP phone (or sipp); see docs/sip.md.
