@@ -213,3 +213,26 @@ async def test_a_wrong_secret_is_a_one_line_error(server: ServerProcess) -> None
     code, out, err = await cli(server, "dispatch", "list", "any-room", secret="not-the-secret")
     assert (code, out) == (1, "")
     assert err.startswith("Error: unauthenticated") and len(err.strip().splitlines()) == 1, err
+
+
+async def test_events_without_follow_prints_recent_jobs_oldest_first(
+    server: ServerProcess, workers: Any
+) -> None:
+    w = await workers("recent-agent", job_duration=0.05)
+    for room in ("recent-1", "recent-2"):
+        await ok(server, "dispatch", "create", "--room", room, "--agent-name", "recent-agent")
+    await until(lambda: len(w.received.assignments) == 2, "two assignments")
+
+    def ended(lines: list[dict[str, Any]]) -> list[str]:
+        return [e["room"] for e in lines if e["kind"] == "ended" and e["room"].startswith("recent-")]
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + TIMEOUT
+    while True:
+        lines = [json.loads(line) for line in (await ok(server, "events", "--json")).splitlines()]
+        if len(ended(lines)) == 2:
+            break
+        assert loop.time() < end, lines
+    assert ended(lines) == ["recent-1", "recent-2"]
+    text = await ok(server, "events")
+    assert "job    ended" in text and "room=recent-2" in text and "status=success" in text
