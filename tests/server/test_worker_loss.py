@@ -152,6 +152,7 @@ async def test_migrate_of_a_job_owned_by_a_live_worker_is_terminated(harness: An
     assert owner.received.terminations == []
 
 
+@pytest.mark.parametrize("server_config", [{"adopt_window": 0}])
 async def test_migrate_of_unknown_or_ended_jobs_is_terminated(harness: Any) -> None:
     w = await harness.worker(agent_name="stale")
     job_id = await _job_on(harness, w, "stale-room")
@@ -187,3 +188,26 @@ async def test_offer_to_a_worker_that_disconnects_moves_on_at_once(harness: Any)
     await silent.aclose()
     [assignment] = await taker.wait_assignments(1)
     assert assignment.job.room.name == "drop"
+
+
+async def test_right_after_a_restart_reported_jobs_are_adopted_not_terminated(harness: Any) -> None:
+    """A node that restarted (memory store) has no records: a reconnecting worker keeps its calls."""
+    w = await harness.worker(agent_name="kept")
+    described = agent.Job(id="AJ_fromlastlife", dispatch_id="AD_lastlife", agent_name="kept")
+    described.room.name = "survivor"
+    req = agent.MigrateJobRequest(job_ids=["AJ_fromlastlife", "AJ_idonly"], jobs=[described])
+    await w.send(agent.WorkerMessage(migrate_job=req))
+    await harness.wait_job_status("AJ_fromlastlife", agent.JobStatus.JS_RUNNING)
+    await harness.wait_job_status("AJ_idonly", agent.JobStatus.JS_RUNNING)
+    [dispatch] = await harness.api.agent_dispatch.list_dispatch("survivor")  # room and dispatch recreated
+    assert [j.id for j in dispatch.state.jobs] == ["AJ_fromlastlife"]
+    assert dispatch.state.jobs[0].state.worker_id == w.id
+    await w.finish("AJ_idonly", agent.JobStatus.JS_SUCCESS)  # the id-only job's end is recorded too
+    await harness.wait_job_status("AJ_idonly", agent.JobStatus.JS_SUCCESS)
+    await w.sync()
+    assert w.received.terminations == []
+    other = await harness.worker(agent_name="other-name")
+    await _migrate(other, "AJ_notyours")
+    job = agent.Job(id="AJ_wrongkey", agent_name="kept")
+    await other.send(agent.WorkerMessage(migrate_job=agent.MigrateJobRequest(jobs=[job])))
+    await harness.wait_for(lambda: "AJ_wrongkey" in other.received.terminations, what="termination")

@@ -59,6 +59,9 @@ class ServerConfig:
     body_timeout: float = 30.0
     #: open connections served at once; further ones get 503 at once (0 = derived from the open-file limit)
     max_connections: int = 0
+    #: after a start, for this long a job a reconnecting worker reports and this node does not know is
+    #: adopted (the node restarted and lost its records); later such a job is answered with JobTermination
+    adopt_window: float = 60.0
     #: seconds shutdown may take in all (workers told to go away, rooms closed, sockets closed)
     shutdown_timeout: float = 5.0
     #: URLs that receive LiveKit-format webhooks (docs/operations.md); empty: no webhooks
@@ -101,7 +104,7 @@ class ServerConfig:
         for name in ("queue_bytes_limit", "worker_outbox_bytes"):
             if getattr(self, name) < 64 * 1024:
                 raise ConfigError(f"{name} must be >= 65536 bytes, got {getattr(self, name)}")
-        if self.status_stale_after < 0 or self.max_connections < 0:
+        if self.status_stale_after < 0 or self.max_connections < 0 or self.adopt_window < 0:
             raise ConfigError("status_stale_after and max_connections must be >= 0")
         if self.queue_limit < 1:
             raise ConfigError(f"queue_limit must be >= 1, got {self.queue_limit}")

@@ -43,6 +43,8 @@ JRP_NEVER = agent_dispatch.JobRestartPolicy.JRP_NEVER
 ENDED = (JS_SUCCESS, JS_FAILED, JS_CANCELLED)
 K = JobEventKind
 AudienceOf = Callable[[str], Awaitable[RoomAudience]]
+#: job ids looked at per migrate_job message (a worker runs far fewer jobs than this)
+MAX_MIGRATE = 1000
 
 
 @dataclass(eq=False)
@@ -99,6 +101,7 @@ class Dispatcher:
         self._backoff_timers: dict[str, asyncio.TimerHandle] = {}
         self._audience: AudienceOf = _nobody
         self._tasks = TaskSet("dispatcher")
+        self._adopt_until = clock.monotonic() + config.adopt_window
         self.shutting_down = False
 
     def set_audience(self, audience: AudienceOf) -> None:
@@ -455,10 +458,10 @@ class Dispatcher:
         worker's registration. Anything else is answered with JobTermination; the job is untouched.
         """
         described = {j.id: j for j in req.jobs}
-        for job_id in dict.fromkeys([*req.job_ids, *described]):
+        for job_id in list(dict.fromkeys([*req.job_ids, *described]))[:MAX_MIGRATE]:
             job = await self._store.get_job(job_id)
             if job is None:
-                job = await self._adopt(worker, described.get(job_id))
+                job = await self._adopt(worker, described.get(job_id), job_id)
             refusal = self._migrate_refusal(worker, job)
             if refusal is not None or job is None:
                 log.warning("migrate refused", extra={**self._ids(job_id, worker), "reason": refusal})
@@ -481,10 +484,33 @@ class Dispatcher:
             return f"job runs on connected worker {holder.id}"
         return None
 
-    async def _adopt(self, worker: WorkerSession, job: agent.Job | None) -> agent.Job | None:
-        """Take in a running job this server has no record of (it restarted with an empty store)."""
-        if job is None or not job.id or not _key_matches(worker, job):
+    async def _adopt(self, worker: WorkerSession, job: agent.Job | None, job_id: str) -> agent.Job | None:
+        """Take in a running job this server has no record of (it restarted with an empty store).
+
+        With the job described (`MigrateJobRequest.jobs`, as agentdispatch's worker sends) its room and
+        dispatch are recreated; with only its id (livekit-agents sends ids) a bare record keeps the call
+        running and lets its end be recorded.
+        """
+        if self._clock.monotonic() > self._adopt_until:
+            return None  # long after our start an unknown job is one we ended, not one we forgot
+        if job is None:
+            if not job_id.startswith("AJ_") or len(job_id) > 64:
+                return None
+            reg = worker.registration
+            job = agent.Job(id=job_id, agent_name=reg.agent_name, namespace=reg.namespace)
+            job.type = reg.job_type  # type: ignore[assignment]
+            job.dispatch_id = f"AD_adopted_{job_id}"
+        if not job.id or not _key_matches(worker, job):
             return None
+        if job.room.name:
+            await self._recreate_room_and_dispatch(job)
+        job.state.status = JS_RUNNING
+        job.state.worker_id = worker.id
+        await self._store.add_job(job)
+        log.info("adopted a running job reported by a worker", extra=self._ids(job.id, worker))
+        return job
+
+    async def _recreate_room_and_dispatch(self, job: agent.Job) -> None:
         dispatch = agent_dispatch.AgentDispatch(
             id=job.dispatch_id or f"AD_adopted_{job.id}",
             agent_name=job.agent_name,
@@ -497,11 +523,6 @@ class Dispatcher:
         await self._store.create_room(job.room)
         if await self._store.get_dispatch(dispatch.id) is None:
             await self._store.add_dispatch(dispatch)
-        job.state.status = JS_RUNNING
-        job.state.worker_id = worker.id
-        await self._store.add_job(job)
-        log.info("adopted a running job reported by a worker", extra=self._ids(job.id, worker))
-        return job
 
     async def _keep_with(self, worker: WorkerSession, job: agent.Job) -> None:
         pj = self._pending.get(job.id)

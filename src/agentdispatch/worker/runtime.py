@@ -397,7 +397,9 @@ class Worker:
         ids = list(dict.fromkeys([*self.jobs.ids(), *(u.job_id for u in unsent)]))
         if self.conn.registrations > 1 and ids:
             log.info("re-registered: migrating %d job(s)", len(ids), extra={"worker_id": worker_id})
-            await self.conn.send(agent.WorkerMessage(migrate_job=agent.MigrateJobRequest(job_ids=ids)))
+            described = [r.job for r in self.jobs.jobs()]  # lets a restarted server adopt them
+            migrate = agent.MigrateJobRequest(job_ids=ids, jobs=described)
+            await self.conn.send(agent.WorkerMessage(migrate_job=migrate))
         for update in unsent:
             if update.status == JS_RUNNING and update.job_id not in self.jobs:
                 continue
