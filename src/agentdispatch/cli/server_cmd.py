@@ -127,6 +127,13 @@ def resolve_keys(dev: bool, keys_file: Path | None) -> dict[str, str]:
     help="Open connections served at once; more get 503 (0 = open-file limit - 64).",
 )
 @click.option(
+    "--adopt-window",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds after start during which jobs reconnecting workers report are adopted, not terminated.",
+)
+@click.option(
     "--shutdown-timeout",
     type=float,
     default=5.0,
@@ -184,6 +191,7 @@ def server_command(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    adopt_window: float,
     shutdown_timeout: float,
     public_url: str,
     redis_url: str,
@@ -213,6 +221,7 @@ def server_command(
             header_timeout=header_timeout,
             body_timeout=body_timeout,
             max_connections=max_connections,
+            adopt_window=adopt_window,
             shutdown_timeout=shutdown_timeout,
             public_url=public_url,
             redis_url=redis_url,
