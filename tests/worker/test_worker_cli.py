@@ -175,11 +175,12 @@ async def test_second_signal_exits_at_once_and_kills_the_jobs(
     )
 
 
-@pytest.mark.parametrize("do", ["sleep", "ignore_shutdown"])
+@pytest.mark.parametrize("do", ["sleep", "ignore_shutdown", "child_and_wait"])
 async def test_killed_worker_takes_its_job_processes_with_it(
     launch: Any, lkapi: api.LiveKitAPI, tmp_path: Path, do: str
 ) -> None:
-    """SIGKILL the worker: every job process goes, even one that ignores SIGTERM and blocks its loop."""
+    """SIGKILL the worker: every job process goes, even one that ignores SIGTERM and blocks its loop, and
+    what a job started in a session of its own."""
     program = await launch(str(CONSOLE), "worker", "dev", str(AGENT))
     out = str(tmp_path / "orphan.json")
     await dispatch(lkapi, f"cli-orphan-{do}", "cli-agent", out=out, seconds=600, do=do)
@@ -190,6 +191,8 @@ async def test_killed_worker_takes_its_job_processes_with_it(
     tree = psutil.Process(program.proc.pid).children(recursive=True)
     pids = {p.pid for p in tree}
     assert rec["pid"] in pids and set(info["idle_pids"]) <= pids
+    if "child" in rec:
+        assert rec["child"] in pids and os.getsid(rec["child"]) != os.getsid(rec["pid"])
     program.proc.kill()  # SIGKILL: no cleanup code runs in the worker
     await program.proc.wait()
     await wait_until(

@@ -27,6 +27,8 @@ NOT_ACCEPTED = "simulated job was not accepted"
 
 
 async def simulate(worker: Worker, room: str) -> None:
+    """Ask the server for a job offer, once the worker can take one (a fresh worker is FULL until warm)."""
+    await wait_until(lambda: worker.pool.warm, 20, "a warm job process")
     req = agent.SimulateJobRequest(room=models.Room(name=room))
     assert await worker.conn.send(agent.WorkerMessage(simulate_job=req))
 
@@ -108,7 +110,11 @@ async def test_fifty_simultaneous_offers_with_max_jobs_five_accept_exactly_five(
     start_worker: Any, jobs: JobWatch
 ) -> None:
     worker = await start_worker(
-        agent_name="burst", entrypoint_fnc="worker_agents:entry_wait", max_jobs=5, num_idle_processes=2
+        agent_name="burst",
+        entrypoint_fnc="worker_agents:entry_wait",
+        max_jobs=5,
+        num_idle_processes=2,
+        ready=2,  # a fresh worker is FULL until a process is warm
     )
     await asyncio.gather(*(simulate(worker, f"burst-{i}") for i in range(50)))
     await wait_until(
@@ -119,7 +125,8 @@ async def test_fifty_simultaneous_offers_with_max_jobs_five_accept_exactly_five(
     await wait_until(lambda: len(jobs.with_status(JS_RUNNING)) == 5, 15, "5 running jobs")
     await wait_until(lambda: len(jobs.with_status(JS_FAILED)) == 45, 5, "45 refused jobs")
     assert all(j.state.error == NOT_ACCEPTED for j in jobs.with_status(JS_FAILED))
-    assert worker.slots.used == 5 and len(worker.jobs) == 5
+    await wait_until(lambda: len(worker.jobs) == 5, 15, "the worker to take the 5 assignments")
+    assert worker.slots.used == 5
     await wait_until(
         lambda: [j["status"] for j in worker.info()["jobs"]] == ["JS_RUNNING"] * 5, 15, "5 started"
     )
@@ -191,6 +198,7 @@ async def test_bad_load_fnc_keeps_the_worker_up_with_status_and_answers_agreeing
         load_fnc=BAD_LOADS[kind],
         load_threshold=0.7,
         load_timeout=0.1,
+        ready=1,
     )
     await wait_until(lambda: worker.load.samples >= 5, 10, "five load samples")
     full = kind != "negative"  # -1 is sanitised to 0 (idle); everything else counts as full

@@ -141,6 +141,15 @@ async def entry_leave_child(ctx: JobContext) -> None:
     record(ctx, child=child.pid)
 
 
+async def entry_child_and_wait(ctx: JobContext) -> None:
+    """Starts a subprocess in its own session (outside the job's process group), then waits."""
+    child = subprocess.Popen(  # noqa: ASYNC220 - a quick start, on purpose without asyncio
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    record(ctx, state="running", child=child.pid)
+    await ctx.wait_for_shutdown()
+
+
 async def entry_noop(ctx: JobContext) -> None:
     return None
 

@@ -1,7 +1,8 @@
 """Running jobs on the worker side: take a prewarmed process, launch, report RUNNING, report the end.
 
-Each job holds a slot from acceptance until its process has exited; the final status (JS_SUCCESS, or
-JS_FAILED with the error text) is handed to `report` before the slot is released.
+Each job holds a slot from acceptance until its process has exited; then the slot is released and the
+final status (JS_SUCCESS, or JS_FAILED with the error text) is handed to `report` before the job is
+forgotten (drain waits for that, so final statuses go out before the socket closes).
 
 Honest endings: a job the worker cuts short (drain timeout, worker stopped, memory limit, killed after the
 shutdown timeout, no process could start) is JS_FAILED with an error starting ``interrupted (`` and naming
@@ -138,12 +139,14 @@ class JobManager:
         await self._finish(rj, status, error)
 
     async def _finish(self, rj: RunningJob, status: int, error: str) -> None:
+        """Report the final status, then forget the job. The slot is free before the report goes out: the
+        server offers the next job as soon as it reads it, and the process has already exited."""
         rj.status = status
+        self._slots.release(rj.id)
         try:
             await self._report(agent.UpdateJobStatus(job_id=rj.id, status=status, error=error))  # type: ignore[arg-type]
         finally:
             self._jobs.pop(rj.id, None)
-            self._slots.release(rj.id)
             if not self._jobs:
                 self._empty.set()
             self._on_change()

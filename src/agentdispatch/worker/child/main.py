@@ -2,8 +2,9 @@
 
 Started by `SupervisedProc` through multiprocessing (forkserver or spawn). The process dies with its
 worker whatever the timing: on Linux the kernel SIGKILLs it when the process that forked it exits
-(`PR_SET_PDEATHSIG`; with forkserver that is the forkserver, which exits with the worker), and a watcher
-thread exits it when the worker pid disappears or the pipe reaches EOF, after killing its own children.
+(`PR_SET_PDEATHSIG`, armed under our forkserver, which exits with the worker after SIGKILLing every job's
+descendants); otherwise (spawn) a watcher thread exits it when the worker pid disappears, after killing
+its own children. Pipe EOF (the worker is gone) ends it as well.
 
 SIGTERM and SIGINT sent to the whole process group (systemd KillMode=control-group, container inits,
 Ctrl-C) are not for the job: it ignores them and waits for its worker's word. Once the worker has asked it
@@ -120,26 +121,45 @@ def _note(msg: ParentMessage) -> None:
 
 
 PR_SET_PDEATHSIG = 1
+PRELOAD_MODULE = "agentdispatch.worker.child.preload"  # loaded only in (and inherited from) our forkserver
 
 
-def _die_with_parent(worker_pid: int) -> None:
-    """Linux: have the kernel SIGKILL this process when the process that forked it exits.
+def _die_with_parent(worker_pid: int) -> bool:
+    """Under our forkserver on Linux: have the kernel SIGKILL this process when the forkserver exits (it
+    exits with the worker, after SIGKILLing every job's descendants: `child.preload`). True if armed.
 
-    The death signal is tied to the forking thread of the parent, which is the forkserver's main thread
-    (forkserver) or the worker's dedicated starter thread (spawn). If the parent is already gone when the
-    signal is armed, or the worker is, exit now."""
-    if not sys.platform.startswith("linux"):
-        return
+    The death signal is tied to the forking thread of the parent: the forkserver's main thread. If the
+    parent changed before the signal was armed, or the worker is gone, exit now. Elsewhere (spawn, other
+    systems) a watcher thread checks the worker's pid instead, and kills this job's descendants itself."""
+    if not sys.platform.startswith("linux") or PRELOAD_MODULE not in sys.modules:
+        return False
+    _release_forkserver()
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        armed = bool(libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         armed = False
     if armed and os.getppid() != parent:
         _orphaned(worker_pid)
     if not _alive(worker_pid):
         _orphaned(worker_pid)
+    return armed
+
+
+def _release_forkserver() -> None:
+    """Close this process's copy of the forkserver's "alive" pipe (multiprocessing hands it to every child
+    it forks): the forkserver must see EOF, and exit, as soon as the worker is gone, not once every job
+    process has ended. A job that uses multiprocessing's forkserver itself then starts its own."""
+    from multiprocessing import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int) and getattr(server, "_forkserver_pid", None) is None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -204,7 +224,8 @@ class PipeLogHandler(logging.Handler):
 
 def _setup(config: ChildConfig, channel: Channel) -> None:
     _Signals.install()
-    _die_with_parent(config.parent_pid)
+    if not _die_with_parent(config.parent_pid):  # no kernel help: a thread watches the worker's pid
+        threading.Thread(target=_watch_parent, args=(config.parent_pid,), name="parent", daemon=True).start()
     for path in config.sys_path:
         if path not in sys.path:
             sys.path.append(path)
@@ -249,10 +270,23 @@ async def _run(
     channel.send(JobEnded(error=error, reason=ctx.shutdown_reason))
 
 
+async def _rehearse(proc: Any) -> None:
+    """Walk the job start path once at prewarm (parse a job, build a context, run a task on the loop), so
+    the pages it touches are this process's own before a job arrives, not copied on the start path."""
+    from livekit.protocol import agent
+
+    from .context import JobContext
+
+    job = agent.Job()
+    job.ParseFromString(agent.Job(id="AJ_rehearsal").SerializeToString())
+    ctx = JobContext(job=job, proc=proc, worker_id="", url="", token="")
+    await asyncio.ensure_future(asyncio.sleep(0))
+    await ctx._tasks.aclose()
+
+
 def main(conn: Connection, config: ChildConfig) -> None:
     channel = Channel(conn)
     _setup(config, channel)
-    threading.Thread(target=_watch_parent, args=(config.parent_pid,), name="parent", daemon=True).start()
     inbox = Inbox(conn, config.parent_pid)
     from .context import JobProcess
 
@@ -264,6 +298,7 @@ def main(conn: Connection, config: ChildConfig) -> None:
         _exit(1)
     loop = asyncio.new_event_loop()  # created now, not on the job start path
     asyncio.set_event_loop(loop)
+    loop.run_until_complete(_rehearse(proc))
     gc.freeze()  # what prewarm built is never traversed by a collection on the job start path
     _report_init(channel, InitDone(), config.parent_pid)
     msg = inbox.get()

@@ -2,6 +2,10 @@
 
 - The forkserver ignores SIGTERM: a signal to the whole process group (systemd, container inits) must not
   take it down while the worker drains; it exits by itself when the worker exits.
+- When it exits (its worker is gone: the worker holds the other end of its "alive" pipe), it SIGKILLs
+  every process below it first: the job processes and whatever they started, even in a new session.
+  Job processes also have a parent-death signal tied to the forkserver (`child.main`), so none outlives
+  it even if this cleanup cannot run (the forkserver SIGKILLed too).
 - It loads the worker's `__main__` the way each job process would (CPython 3.11's forkserver never
   receives the main path: its preparation data key is `init_main_from_path`/`init_main_from_name`, the
   forkserver looks for `main_path`), and the agent files named by path. Forked job processes then find
@@ -13,6 +17,8 @@ forkserver.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +26,8 @@ import sys
 import traceback
 from multiprocessing import process, spawn
 from typing import Any
+
+import psutil
 
 from ..ipc import PRELOAD_ENV
 from ..refs import load_module_from_path
@@ -44,8 +52,22 @@ def _load(payload: dict[str, Any]) -> None:
             load_module_from_path(path)
 
 
+def _reap_job_trees(forkserver_pid: int) -> None:
+    """At the forkserver's exit: SIGKILL every descendant (job processes and what they started)."""
+    if os.getpid() != forkserver_pid:  # a forked job process inherits the handler; it exits with os._exit
+        return
+    try:
+        below = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for proc in reversed(below):  # the deepest first
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
 def _preload() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    atexit.register(_reap_job_trees, os.getpid())
     raw = os.environ.pop(PRELOAD_ENV, "")
     if not raw:
         return
