@@ -190,10 +190,17 @@ class Call:
             log.warning("call refused: room or dispatch failed: %s", exc, extra=self.log_fields)
             self._reject(self._policy.final_status, f"room/dispatch failed: {exc}")
             return False
+        if self.cancelled.is_set():  # CANCEL while the room was being made: the UAS sent 487
+            self.record.final_status, self.record.end_reason = 487, "caller cancelled before ringing"
+            return False
         self._inv.ringing()
         self._ringing_sent = True
         if self._env.ringback:
-            await self._media.start()
+            try:
+                await self._media.start()
+            except OSError as exc:
+                self._reject(503, f"RTP bind failed: {exc}")
+                return False
             session_progress(self._inv, self._media)
             self._ringback = asyncio.ensure_future(play_ringback(self._media))
         try:
@@ -241,18 +248,17 @@ class Call:
     async def _wait_for_agent(self) -> bool:
         assert self._leg is not None
         outcome = await first_of(
-            {
-                "agent": self._leg.agent_present.wait(),
+            {  # in order of preference when several happened at once: a CANCEL beats an answer
                 "cancel": self.cancelled.wait(),
+                "shutdown": self.shutdown.wait(),
+                "agent": self._leg.agent_present.wait(),
                 "job_ended": self.job_ended.wait(),
                 "room_closed": self._leg.closed.wait(),
-                "shutdown": self.shutdown.wait(),
             },
             timeout=self._policy.ringing_timeout,
         )
         if outcome == "agent":
-            await self._answer()
-            return True
+            return await self._answer()
         if outcome == "cancel":
             self.record.final_status = 487
             self.record.end_reason = "caller cancelled while ringing"
@@ -265,11 +271,16 @@ class Call:
         log.info("call not answered", extra={**self.log_fields, "outcome": outcome})
         return False
 
-    async def _answer(self) -> None:
+    async def _answer(self) -> bool:
         assert self._media is not None and self._leg is not None
         media, leg, rec = self._media, self._leg, self.record
         if media.rtp_session is None:  # already started for early media
-            await media.start()
+            try:
+                await media.start()
+            except OSError as exc:  # the RTP port was taken since we allocated it
+                log.warning("call refused: RTP bind failed: %s", exc, extra=self.log_fields)
+                self._reject(503, "RTP bind failed")
+                return False
 
         def from_caller(pcm: bytes, timestamp: int) -> None:
             rec.rtp_in += 1
@@ -289,6 +300,7 @@ class Call:
         rec.state = CallState.ACTIVE
         rec.final_status = 200
         log.info("call answered", extra=self.log_fields)
+        return True
 
     async def _talk(self) -> None:
         assert self._leg is not None

@@ -174,12 +174,14 @@ async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: 
                            transport=transport)  # fmt: skip
         duration = settings.calls / settings.rate + settings.hold + settings.ringing_timeout
         log(f"measuring: {settings.calls} calls at {settings.rate:g}/s, {settings.hold:g} s each")
+        load_before = os.getloadavg()
         run = await run_sipp(
             sipp_bin, CallScenario(hold_ms=int(settings.hold * 1000)), target, workdir / "measure",
             calls=settings.calls, rate=settings.rate, limit=settings.concurrent, transport=transport,
             timeout=duration + 60,
         )  # fmt: skip
         gateway_status = {str(k): v for k, v in sorted(gateway.statistics().by_status.items())}
+        load_after = os.getloadavg()
     finally:
         stop_workers(procs)
         await gateway.aclose()
@@ -190,6 +192,11 @@ async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: 
         "environment": environment(),
         **summarize(run, settings.calls),
         "gateway_final_status": gateway_status,  # the gateway's view, warm-up calls included
+        # the machine's 1/5/15-minute load averages around the measured phase (other processes count too)
+        "machine_load": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in load_after],
+        },
     }
     return result
 

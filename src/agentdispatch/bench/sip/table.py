@@ -28,7 +28,11 @@ def sip_table(result: dict[str, Any]) -> Table:
             label, str(row.get("n", 0)), *(fmt_num(row.get(q), " ms", 1) for q in ("p50", "p99", "max"))
         )
     codes = ", ".join(f"{code}: {n}" for code, n in result["by_status"].items())
-    table.caption = f"answered {result['answered']}/{result['calls']}; final codes seen by sipp: {codes}"
+    load = result.get("machine_load", {}).get("after", [None])[0]
+    table.caption = (
+        f"answered {result['answered']}/{result['calls']}; final codes seen by sipp: {codes}; "
+        f"machine load (1 min) {fmt_num(load, '', 2)} on {result['environment']['usable_cpus']} CPUs"
+    )
     return table
 
 
