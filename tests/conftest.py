@@ -388,3 +388,13 @@ def server(harness: Harness) -> DispatchServer:
 @pytest.fixture
 def lkapi(harness: Harness) -> api.LiveKitAPI:
     return harness.api
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Install the Debian peers (redis-server, haproxy, prometheus, chromium, sipp) once, up front, so no
+    test's timeout runs while apt-get downloads; tests that still lack one fail under CI=true."""
+    from agentdispatch.testing.services import ensure_all_installed
+
+    missing = ensure_all_installed()
+    if missing:
+        print(f"real peers not available: {', '.join(missing)}", flush=True)

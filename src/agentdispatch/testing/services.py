@@ -41,6 +41,43 @@ def ensure_installed(binary: str, package: str) -> str | None:
     return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin")
 
 
+#: the real peers the test suite starts: binary -> Debian package
+DEBIAN_PEERS: dict[str, str] = {
+    "redis-server": "redis-server",
+    "haproxy": "haproxy",
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "chromium": "chromium",
+    "sipp": "sip-tester",
+}
+
+
+def ensure_all_installed(peers: dict[str, str] = DEBIAN_PEERS) -> list[str]:
+    """Install every missing peer in one apt-get run (before any test's timeout starts); the binaries
+    still missing afterwards (tests that need them fail under CI=true, else skip)."""
+    global _apt_updated
+
+    def which(binary: str) -> str | None:
+        return shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin")
+
+    missing = sorted({pkg for binary, pkg in peers.items() if not which(binary)})
+    if missing and shutil.which("apt-get") is not None and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        print(f"installing Debian packages for the real-peer tests: {' '.join(missing)}", flush=True)
+        if not _apt_updated:
+            update = ["apt-get", "update", "-q"]
+            subprocess.run(update, env=env, capture_output=True, timeout=900, check=False)
+            _apt_updated = True
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *missing],
+            env=env,
+            capture_output=True,
+            timeout=1800,
+            check=False,
+        )
+    return [binary for binary in peers if not which(binary)]
+
+
 def require(binary: str, package: str) -> str:
     """For tests: the binary's path, or fail (CI=true) / skip (otherwise) when it cannot be had."""
     import pytest
