@@ -30,6 +30,7 @@ async def test_call_is_answered_by_the_agent_who_sees_the_caller(
     rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "seen.json"
+    ended = watch_ended(rig)
     add_trunk_and_rule(rig, "phone", metadata=json.dumps({"out": str(out)}))
     await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
     run = await run_sipp(
@@ -49,10 +50,24 @@ async def test_call_is_answered_by_the_agent_who_sees_the_caller(
     rec = rig.gateway.history[-1]
     assert rec.end_reason == "caller_bye"
     assert await rig.server.rooms.list_rooms([rec.room]) == []
+    await wait_until(lambda: ended, 20, "the job to end")
+    assert ended[0].state.status == JS_CANCELLED and ended[0].room.name == rec.room  # terminated
     async with aiohttp.ClientSession() as http, http.get(f"{rig.server.url}/metrics") as resp:
         text = await resp.text()
     assert 'agentdispatch_sip_calls_total{status="200"} 1.0' in text
     assert "agentdispatch_sip_post_dial_delay_seconds_count 1.0" in text
+
+
+def watch_ended(rig: SipRig) -> list[agent.Job]:
+    """Jobs as they end (the server's lifecycle events)."""
+    ended: list[agent.Job] = []
+
+    def on_event(e: Any) -> None:
+        if isinstance(e, JobEvent) and e.kind is JobEventKind.ENDED:
+            ended.append(e.job)
+
+    rig.server.dispatcher.events.subscribe(on_event)
+    return ended
 
 
 def last_record(rig: SipRig) -> Any:
@@ -136,6 +151,7 @@ async def test_full_worker_that_frees_up_while_ringing_answers(
 async def test_the_agent_ending_the_call_sends_bye(
     rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path, agent_entry: str
 ) -> None:
+    ended = watch_ended(rig)
     await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:{agent_entry}")
     add_trunk_and_rule(rig, "phone")
     run = await run_sipp(sipp_bin, CallScenario(hangup="agent"), rig.target, tmp_path / "s")
@@ -145,6 +161,8 @@ async def test_the_agent_ending_the_call_sends_bye(
     await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
     expected = "agent_hangup" if agent_entry == "entry_hangup" else ("agents_left", "job_ended")
     assert last_record(rig).end_reason in expected
+    await wait_until(lambda: ended, 20, "the job to end")
+    assert await rig.server.rooms.list_rooms([last_record(rig).room]) == []
 
 
 async def test_trunk_limit_answers_at_once_with_the_configured_code(
