@@ -246,6 +246,16 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
+async def wait_for_stop_signal() -> None:
+    """Return at the first SIGINT or SIGTERM (the caller then shuts down)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 def bind_error_hint(exc: OSError, config: ServerConfig) -> str:
     """One line for a socket that cannot be bound, naming the flag that changes it."""
     where = f"{config.host}:{config.port}"
@@ -279,13 +289,8 @@ async def _run(config: ServerConfig, dev: bool = False, json_logs: bool = False)
             f"  try it:  agentdispatch worker dev examples/echo_agent.py (dashboard: {server.url}/dashboard)",
             err=True,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         if json_logs:
             log.info("shutting down")
