@@ -14,9 +14,9 @@ import aiortp
 FRAME = 160  # samples per 20 ms at 8 kHz
 
 
-def tone_frames(frames: int) -> list[bytes]:
+def tone_frames(frames: int, pt: int = 0) -> list[bytes]:
     """PCMU payloads of a tone that changes pitch every frame, so each frame is recognisable."""
-    codec = aiortp.get_codec(0)
+    codec = aiortp.get_codec(pt)  # 0 = PCMU, 8 = PCMA
     out = []
     for f in range(frames):
         freq = 300 + 17 * f
@@ -52,10 +52,12 @@ def dtmf_packets(digits: str) -> list[tuple[int, bytes, int]]:
     return out
 
 
-def write_pcap(path: Path, payloads: list[bytes], ssrc: int = 0x1234ABCD, dtmf: str = "") -> None:
+def write_pcap(
+    path: Path, payloads: list[bytes], ssrc: int = 0x1234ABCD, dtmf: str = "", pt: int = 0
+) -> None:
     """Ethernet/IPv4/UDP/RTP packets 20 ms apart (sipp rewrites addresses and ports when it plays them)."""
     records = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    packets = [(0, p, i) for i, p in enumerate(payloads)] + dtmf_packets(dtmf)
+    packets = [(pt, p, i) for i, p in enumerate(payloads)] + dtmf_packets(dtmf)
     for seq, (pt, payload, ts_frame) in enumerate(packets):
         marker = 0x80 if pt == 101 and seq and packets[seq - 1][2] != ts_frame else 0
         rtp = struct.pack("!BBHII", 0x80, marker | pt, seq, ts_frame * FRAME, ssrc) + payload

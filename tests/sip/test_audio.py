@@ -18,8 +18,9 @@ from conftest import AGENTS, EXAMPLE, SipRig, agent_rule, wait_until
 FRAMES = 100  # 2 s of audio
 
 
+@pytest.mark.parametrize("pt", [0, 8], ids=["PCMU", "PCMA"])
 async def test_caller_audio_reaches_the_agent_and_its_echo_comes_back(
-    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path, pt: int
 ) -> None:
     await start_worker(agent_name="sip-echo", entrypoint_fnc=f"{EXAMPLE}:entrypoint")
     rig.gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="t"))
@@ -33,26 +34,27 @@ async def test_caller_audio_reaches_the_agent_and_its_echo_comes_back(
             ),
         )
     )
-    sent = tone_frames(FRAMES)
+    sent = tone_frames(FRAMES, pt)
     pcap = tmp_path / "caller.pcap"
-    write_pcap(pcap, sent)
+    write_pcap(pcap, sent, pt=pt)
     transport, sink, port = await open_sink()
     try:
-        scenario = CallScenario(hold_ms=3500, pcap=str(pcap), media_port=str(port), payloads="0")
+        scenario = CallScenario(hold_ms=3500, pcap=str(pcap), media_port=str(port), payloads=str(pt))
         run = await run_sipp(sipp_bin, scenario, rig.target, tmp_path / "s")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr
         await wait_until(lambda: not rig.gateway.active_calls(), 20, "call to end")
     finally:
         transport.close()
     rec = rig.gateway.history[-1]
-    received = [payload for pt, payload in sink.packets if pt == 0]
+    received = [payload for got, payload in sink.packets if got == pt]
     echoed = matching(sent, received)
+    codec = "PCMU" if pt == 0 else "PCMA"
     print(
-        f"\nRTP: sent {FRAMES} frames, gateway relayed {rec.rtp_in} to the room and {rec.rtp_out} to the"
-        f" caller; {len(received)} PCMU packets came back, {echoed} of the sent frames byte-exact"
+        f"\nRTP ({codec}): sent {FRAMES} frames, gateway relayed {rec.rtp_in} to the room and {rec.rtp_out}"
+        f" to the caller; {len(received)} {codec} packets came back, {echoed} of the sent frames byte-exact"
     )
     assert rec.rtp_in >= FRAMES - 5  # every frame reached the room (the jitter buffer may hold the last few)
-    # the greeting (0.6 s = 30 frames) plus the echo came back as PCMU
+    # the greeting (0.6 s = 30 frames) plus the echo came back in the offered codec
     assert len(received) >= 30 + FRAMES * 0.9
     assert echoed >= FRAMES * 0.9
 
