@@ -240,3 +240,16 @@ async def test_when_rtp_ports_run_out_the_next_call_gets_503_at_once(
     assert (await first).returncode == 0
     assert sorted(r.end_reason for r in rig.gateway.history)[0] == "no agent within 3 s"
     assert "no free RTP port" in [r.end_reason for r in rig.gateway.history]
+
+
+@pytest.mark.parametrize("server_config", [{"dispatch_deadline": 1.0}])
+async def test_a_shorter_dispatch_deadline_ends_the_ringing_with_the_final_code(
+    rig: SipRig, sipp_bin: str, tmp_path: Path
+) -> None:
+    add_trunk_and_rule(rig, "nobody")  # ringing timeout 3 s, but the server gives up on the job after 1 s
+    run = await run_sipp(sipp_bin, CallScenario(expect=503), rig.target, tmp_path / "s")
+    assert run.returncode == 0, run.stderr
+    (trace,) = run.calls.values()
+    assert trace.status == 503 and trace.retry_after == "30"
+    await wait_until(lambda: rig.gateway.history, 20, "call to end")
+    assert "no worker available" in last_record(rig).end_reason
