@@ -64,8 +64,14 @@ async def test_doc_block_runs_as_written(where: str, mark: str, code: str, tmp_p
             await _run_agent_file(code, server.url, env, tmp_path)
         else:
             script = code.replace(DOC_URL, server.url)
-            done = subprocess.run(
-                [sys.executable, "-"], input=script, text=True, capture_output=True, env=env, timeout=120
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-"],
+                input=script,
+                text=True,
+                capture_output=True,
+                env=env,
+                timeout=120,
             )
             assert done.returncode == 0, f"{where} failed:\n{done.stdout}\n{done.stderr}"
 
@@ -76,8 +82,13 @@ async def _run_agent_file(code: str, url: str, env: dict[str, str], tmp_path: Pa
     path = tmp_path / "agent.py"
     path.write_text(code)
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [*agentdispatch_command(), "worker", "dev", str(path), "--port", "0"],
+    worker = await asyncio.create_subprocess_exec(
+        *agentdispatch_command(),
+        "worker",
+        "dev",
+        str(path),
+        "--port",
+        "0",
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -102,7 +113,7 @@ async def _run_agent_file(code: str, url: str, env: dict[str, str], tmp_path: Pa
     finally:
         await lk.aclose()
         worker.terminate()
-        worker.wait(60)
+        await asyncio.wait_for(worker.wait(), 60)
         log.close()
     output = (tmp_path / "worker.log").read_text(errors="replace")
     assert "Traceback" not in output, output[-3000:]
