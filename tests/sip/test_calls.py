@@ -253,3 +253,36 @@ async def test_a_shorter_dispatch_deadline_ends_the_ringing_with_the_final_code(
     assert trace.status == 503 and trace.retry_after == "30"
     await wait_until(lambda: rig.gateway.history, 20, "call to end")
     assert "no worker available" in last_record(rig).end_reason
+
+
+@pytest.mark.parametrize("gateway_config", [{"ringing_timeout": 60.0}])
+async def test_gateway_shutdown_gives_ringing_calls_the_final_code_and_answered_calls_a_bye(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path
+) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
+    rig.gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="t"))
+    rig.gateway.directory.add_rule(agent_rule("phone", prefix="p-"))
+    rig.gateway.directory.add_rule(
+        sip.SIPDispatchRuleInfo(
+            rule=sip.SIPDispatchRule(
+                dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix="n-")
+            ),
+            numbers=["+15550199"],
+            room_config=agent_rule("nobody").room_config,
+        )
+    )
+    answered = asyncio.ensure_future(
+        run_sipp(sipp_bin, CallScenario(hangup="agent"), rig.target, tmp_path / "a")
+    )
+    ringing = asyncio.ensure_future(
+        run_sipp(sipp_bin, CallScenario(expect=503), rig.target, tmp_path / "r", service="+15550199")
+    )
+    await wait_until(
+        lambda: {c.state for c in rig.gateway.active_calls()} == {CallState.ACTIVE, CallState.RINGING},
+        30,
+        "one call answered, one ringing",
+    )
+    await rig.gateway.aclose()
+    a, r = await answered, await ringing
+    assert a.returncode == 0 and "bye_received" in next(iter(a.calls.values())).events, a.stderr
+    assert r.returncode == 0 and [t.status for t in r.calls.values()] == [503], r.stderr
