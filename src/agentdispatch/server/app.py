@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import __version__
-from ..protocol import KeyRing, new_id
+from ..protocol import AuthError, KeyRing, bearer_token, new_id
 from ..util import SYSTEM_CLOCK, Clock
 from .agent_endpoint import AgentEndpoint, AgentEndpointDeps
 from .config import ServerConfig
@@ -131,10 +131,15 @@ class DispatchServer:
         return web.Response(text="OK")
 
     async def _media(self, request: web.Request) -> web.Response:
-        log.warning(
-            "a client asked for WebRTC signalling, which this server does not serve",
-            extra={"path": request.path, "remote": request.remote or "?"},
-        )
+        extra = {"path": request.path, "remote": request.remote or "?"}
+        try:
+            claims = self.keys.verify(bearer_token(request.headers, request.query))
+        except AuthError:
+            claims = None
+        if claims is not None and claims.video is not None and claims.video.room:
+            extra.update(room=claims.video.room, identity=claims.identity)
+            self.dispatcher.note_media_attempt(claims.video.room, claims.identity)
+        log.warning("a client asked for WebRTC signalling, which this server does not serve", extra=extra)
         return web.json_response(
             {"code": "unimplemented", "msg": MEDIA_NOT_SERVED}, status=501, headers={"Connection": "close"}
         )

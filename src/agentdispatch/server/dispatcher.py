@@ -102,6 +102,7 @@ class Dispatcher:
         self._audience: AudienceOf = _nobody
         self._tasks = TaskSet("dispatcher")
         self._adopt_until = clock.monotonic() + config.adopt_window
+        self._media_attempts: set[tuple[str, str]] = set()
         self.shutting_down = False
 
     def set_audience(self, audience: AudienceOf) -> None:
@@ -350,7 +351,17 @@ class Dispatcher:
         pj.tried.add(failed_worker_id)
         self._place(pj)
 
+    def note_media_attempt(self, room: str, identity: str) -> None:
+        """A job's agent tried WebRTC signalling (/rtc): say so when that job ends (bounded memory)."""
+        if len(self._media_attempts) < 10_000:
+            self._media_attempts.add((room, identity))
+
     async def _end_now(self, job: agent.Job, status: int, error: str, reason: int) -> None:
+        key = (job.room.name, job.state.participant_identity)
+        if self._media_attempts and key in self._media_attempts:
+            self._media_attempts.discard(key)
+            note = "the job tried to join WebRTC media (/rtc), which this server does not serve"
+            error = f"{error}; {note}" if error else note
         self._set_ended(job, status, error, reason)
         await self._store.update_job(job)
         self._emit(K.ENDED, job, job.state.worker_id, error)
