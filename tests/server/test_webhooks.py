@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
+import psutil
 import pytest
 from aiohttp import web
 from livekit import api
@@ -179,8 +181,9 @@ async def test_a_hanging_receiver_never_delays_dispatch(make_harness: Any, recei
                 api.CreateAgentDispatchRequest(agent_name="busy", room=f"h-{i}")
             )
         assert len(await w.wait_assignments(5)) == 5  # while every webhook POST hangs
-        stats = harness.server.ops.webhooks.statistics()
-        assert stats.delivered == 0 and stats.queued > 0
+        sender = harness.server.ops.webhooks
+        await harness.wait_for(lambda: sender.statistics().queued > 0, what="events queued in the child")
+        assert sender.statistics().delivered == 0
     finally:
         release.set()
         await runner.cleanup()
@@ -212,3 +215,17 @@ def test_an_unknown_webhook_event_name_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="unknown webhook events"):
         WebhookOptions(("http://127.0.0.1:1/hook",), "devkey", "secret", events=frozenset({"job_done"}))
+
+
+async def test_delivery_runs_in_a_child_process_that_ends_with_the_server(receivers: Any) -> None:
+    from agentdispatch.server import DispatchServer, ServerConfig
+
+    server = DispatchServer(ServerConfig(port=0, webhook_urls=("http://127.0.0.1:1/hook",)))
+    await server.start()
+    sender = server.ops.webhooks
+    pid = sender.pid
+    assert pid is not None and pid != os.getpid()
+    child = psutil.Process(pid)
+    assert "agentdispatch.server.webhook_child" in " ".join(child.cmdline())
+    await server.aclose()
+    assert not psutil.pid_exists(pid) or child.status() == psutil.STATUS_ZOMBIE

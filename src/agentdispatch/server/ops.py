@@ -15,7 +15,8 @@ from .config import ServerConfig
 from .events import EventBus
 from .metrics import ServerMetrics
 from .observe import FleetObserver, WorkerSource
-from .webhooks import WebhookOptions, WebhookSender
+from .webhook_proc import WebhookProcess
+from .webhooks import WebhookOptions
 
 
 class Operations:
@@ -31,12 +32,12 @@ class Operations:
     ) -> None:
         self.observer = FleetObserver(clock, node_id, fleet)
         bus.subscribe(self.observer)
-        self.webhooks: WebhookSender | None = None
+        self.webhooks: WebhookProcess | None = None
         if config.webhook_urls:
             key = config.webhook_key or keys.first.key
             events = frozenset(config.webhook_events)
             options = WebhookOptions(tuple(config.webhook_urls), key, keys.secret(key), events=events)
-            self.webhooks = WebhookSender(options, clock)
+            self.webhooks = WebhookProcess(options, clock)  # delivery off the dispatch loop
         stats = self.webhooks.statistics if self.webhooks is not None else None
         self.metrics = ServerMetrics(self.observer, config.per_job_load, version, stats)
         bus.subscribe(self.metrics.on_event)
@@ -49,7 +50,12 @@ class Operations:
         app.router.add_get("/metrics", self.metrics.handle)
         app.router.add_routes(self.admin.routes())
         app.on_shutdown.append(self.admin.on_shutdown)
+        app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
+
+    async def _startup(self, app: web.Application) -> None:
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     async def _cleanup(self, app: web.Application) -> None:
         if self.webhooks is not None:

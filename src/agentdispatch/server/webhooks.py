@@ -160,7 +160,12 @@ class WebhookSender:
         if self._options.events and webhook_name(event) not in self._options.events:
             return
         message = to_webhook_event(event, self._clock)
-        if message is None:
+        if message is not None:
+            self.send(message)
+
+    def send(self, message: webhook.WebhookEvent) -> None:
+        """Queue one ready-made webhook for every URL (the lane of its room)."""
+        if self._closing:
             return
         if not self._started:
             self._start()
