@@ -251,3 +251,17 @@ async def test_a_participant_who_reconnects_keeps_its_running_job(
     assert [o.job.participant.identity for o in w.received.offers] == ["alice", "bob"]
     await bob.aclose()
     await first.aclose()
+
+
+async def test_the_join_log_counts_humans_not_agents(
+    harness: Any, make_token: MakeToken, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="agentdispatch.server.rooms")
+    bot = await harness.presence(join_token(make_token, "counted", "bot", kind="agent"))
+    await bot.wait_event("joined")
+    user = await harness.presence(join_token(make_token, "counted", "ann"))
+    await user.wait_event("joined")
+    joins = [r for r in caplog.records if r.getMessage() == "participant joined"]
+    assert [(r.identity, r.humans) for r in joins] == [("bot", 0), ("ann", 1)]  # type: ignore[attr-defined]
+    await user.aclose()
+    await bot.aclose()
