@@ -43,6 +43,46 @@ def authorize_worker(request: web.Request, keys: KeyRing) -> str:
     return keys.issuer(token)
 
 
+class Liveness:
+    """A registered worker must send a frame at least every `window` seconds.
+
+    One timer per connection, armed for the earliest moment the window can end and re-armed from the
+    last frame's time when it fires early; frames only record their arrival time. At the end of a silent
+    window it cancels the connection's wait for a frame (never its handling of one), which `_receive`
+    turns into the ProtocolError a per-frame timeout gave.
+    """
+
+    def __init__(self, window: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Liveness needs a running task")
+        self.task = task
+        self.loop = asyncio.get_running_loop()
+        self.window = window
+        self.last_frame_at = self.loop.time()
+        self.waiting = False
+        self.expired = False
+        self._timer: asyncio.TimerHandle | None = self.loop.call_at(self.last_frame_at + window, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        due = self.last_frame_at + self.window
+        if now < due:  # a frame came in meanwhile: the window now ends a window after it
+            self._timer = self.loop.call_at(due, self._check)
+            return
+        if not self.waiting:  # a frame is being handled (slowly): that is not silence; look again soon
+            self._timer = self.loop.call_at(now + min(self.window, 1.0), self._check)
+            return
+        self._timer = None
+        self.expired = True
+        self.task.cancel()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @dataclass(frozen=True)
 class AgentEndpointDeps:
     config: ServerConfig
@@ -123,12 +163,27 @@ class AgentEndpoint:
             await asyncio.gather(*(close(s) for s in sessions))
 
     async def _receive(
-        self, session: WorkerSession, wait: float | None, expected: str
+        self, session: WorkerSession, wait: float | None, expected: str, watchdog: Liveness | None = None
     ) -> agent.WorkerMessage | None:
+        """The next frame. With a `watchdog` (registered workers) no timer is armed per frame: the
+        watchdog notices silence and cancels this wait; without one, `wait` bounds it directly."""
         ws = session.ws
         try:
-            frame = await ws.receive(timeout=wait)
+            if watchdog is None:
+                frame = await ws.receive(timeout=wait)
+            else:
+                watchdog.waiting = True
+                try:
+                    frame = await ws.receive()
+                finally:
+                    watchdog.waiting = False
+                    watchdog.last_frame_at = watchdog.loop.time()
         except TimeoutError:
+            raise ProtocolError(f"{expected} not received within {wait:g}s") from None
+        except asyncio.CancelledError:
+            if watchdog is None or not watchdog.expired:
+                raise
+            watchdog.task.uncancel()
             raise ProtocolError(f"{expected} not received within {wait:g}s") from None
         if frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return None
@@ -162,11 +217,17 @@ class AgentEndpoint:
             else:
                 raise ProtocolError(f"first message must be register, got {which}")
         liveness = 3 * session.registration.ping_interval
-        while True:
-            msg = await self._receive(session, liveness, "any frame (liveness: 3 x ping interval)")
-            if msg is None:
-                return
-            await self._handle(session, msg)
+        watchdog = Liveness(liveness)
+        try:
+            while True:
+                msg = await self._receive(
+                    session, liveness, "any frame (liveness: 3 x ping interval)", watchdog
+                )
+                if msg is None:
+                    return
+                await self._handle(session, msg)
+        finally:
+            watchdog.stop()
 
     async def _register(self, session: WorkerSession, req: agent.RegisterWorkerRequest) -> None:
         reg = validate_register(req, self._deps.config.default_ping_interval)

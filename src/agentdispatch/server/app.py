@@ -22,7 +22,7 @@ from .agent_endpoint import AgentEndpoint, AgentEndpointDeps
 from .config import ServerConfig
 from .connguard import FD_RESERVE, ConnectionGuard, GuardedSite, raise_open_file_limit
 from .dispatcher import Dispatcher
-from .events import EventBus
+from .events import EventBus, JobEvent, RoomEvent
 from .fleet import FleetView
 from .joblog import JobLog
 from .ops import Operations
@@ -54,7 +54,7 @@ class DispatchServer:
         self._owns_store = store is None
         self.store: Store = store or open_store(config.redis_url, clock=clock)
         self.events = EventBus()
-        self.events.subscribe(JobLog())
+        self.events.subscribe(JobLog(), only=(JobEvent,))
         rules = SelectionRules(
             per_job_load=config.per_job_load,
             offer_timeout=config.offer_timeout,
@@ -67,7 +67,7 @@ class DispatchServer:
         self.rooms = RoomManager(config, self.store, self.registry, self.dispatcher, self.events, clock)
         self.fleet = FleetView(self.registry, self.dispatcher, clock)
         self.presence = PresenceHub(self.keys, self.rooms)
-        self.events.subscribe(self.presence.on_event)
+        self.events.subscribe(self.presence.on_event, only=(RoomEvent,))
         self._agent = AgentEndpoint(
             AgentEndpointDeps(config, self.keys, self.dispatcher, self.node_id, self.version, clock)
         )

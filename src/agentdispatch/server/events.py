@@ -98,23 +98,39 @@ Listener = Callable[[Event], None]
 
 
 class EventBus:
-    """Fan-out of lifecycle events to synchronous listeners, in subscription order."""
+    """Fan-out of lifecycle events to synchronous listeners, in subscription order.
+
+    A listener may name the event types it wants (`only=`); an event reaches only the listeners
+    for its type, from a tuple built when the subscriptions change, not on every emit.
+    """
 
     def __init__(self) -> None:
-        self._listeners: list[Listener] = []
+        self._listeners: list[tuple[Listener, tuple[type, ...] | None]] = []
+        self._by_type: dict[type, tuple[Listener, ...]] = {}
 
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Add a listener; returns a function that removes it again."""
-        self._listeners.append(listener)
+    def subscribe(self, listener: Listener, only: tuple[type, ...] | None = None) -> Callable[[], None]:
+        """Add a listener (for events of the `only` types, default all); returns its unsubscribe."""
+        entry = (listener, only)
+        self._listeners.append(entry)
+        self._by_type.clear()
 
         def unsubscribe() -> None:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            if entry in self._listeners:
+                self._listeners.remove(entry)
+                self._by_type.clear()
 
         return unsubscribe
 
+    def _for(self, kind: type) -> tuple[Listener, ...]:
+        listeners = tuple(fn for fn, only in self._listeners if only is None or issubclass(kind, only))
+        self._by_type[kind] = listeners
+        return listeners
+
     def emit(self, event: Event) -> None:
-        for listener in tuple(self._listeners):
+        listeners = self._by_type.get(type(event))
+        if listeners is None:
+            listeners = self._for(type(event))
+        for listener in listeners:
             try:
                 listener(event)
             except Exception:  # a subscriber boundary: log it, keep dispatching

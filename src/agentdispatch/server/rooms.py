@@ -75,7 +75,7 @@ class RoomManager:
         self._visited: set[str] = set()  # rooms a non-agent participant has joined
         self._tasks = TaskSet("rooms")
         dispatcher.set_audience(self.audience)
-        events.subscribe(self._on_event)
+        events.subscribe(self._on_event, only=(WorkerEvent,))
 
     def _on_event(self, event: Event) -> None:
         if (

@@ -100,6 +100,10 @@ def validate_register(req: agent.RegisterWorkerRequest, default_ping: float) -> 
     )
 
 
+#: frames up to this size cannot fill an empty transport buffer past its high-water mark (64 KiB)
+SMALL_FRAME = 16 * 1024
+
+
 @dataclass(frozen=True)
 class OutboxLimits:
     #: bytes queued for one worker above which it gets no new offers (x4: it is disconnected)
@@ -200,12 +204,12 @@ class WorkerSession:
             data = self._queue.popleft()
             self._queued_bytes -= len(data)
             try:
-                # asyncio.timeout, not wait_for: wait_for wraps every frame in a new Task
-                async with asyncio.timeout(self._limits.send_timeout):
-                    if isinstance(data, str):
-                        await self.ws.send_str(data)
-                    else:
-                        await self.ws.send_bytes(data)
+                if self._cannot_block(len(data)):
+                    await self._send(data)
+                else:
+                    # asyncio.timeout, not wait_for: wait_for wraps every frame in a new Task
+                    async with asyncio.timeout(self._limits.send_timeout):
+                        await self._send(data)
             except TimeoutError:
                 self.cut_off(
                     f"socket took no frame for {self._limits.send_timeout:g}s: worker is not reading"
@@ -213,6 +217,18 @@ class WorkerSession:
             except (ConnectionError, RuntimeError) as exc:
                 log.info("send to worker failed", extra={"worker_id": self.id, "error": str(exc)})
                 return
+
+    def _cannot_block(self, size: int) -> bool:
+        """Nothing is waiting in the transport's buffer and the frame is small: the socket takes it at
+        once and aiohttp's drain returns without waiting, so the send needs no timer."""
+        transport = self._transport
+        return transport is not None and size <= SMALL_FRAME and transport.get_write_buffer_size() == 0
+
+    async def _send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            await self.ws.send_str(data)
+        else:
+            await self.ws.send_bytes(data)
 
     def cut_off(self, reason: str) -> None:
         """Drop a worker that does not take its frames: abort the TCP connection (no close handshake

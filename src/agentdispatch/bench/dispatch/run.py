@@ -184,12 +184,14 @@ def _cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
         "steal": getattr(machine, "steal", 0.0),
     }
     for role, role_pids in pids.items():
-        total = 0.0
+        total = system = 0.0
         for pid in role_pids:
             with contextlib.suppress(psutil.Error):
                 times = psutil.Process(pid).cpu_times()
                 total += times.user + times.system
+                system += times.system
         out[role] = total
+        out[f"{role}_system"] = system  # kernel time: loopback TCP sends and receives, epoll
     return out
 
 
@@ -386,6 +388,10 @@ def _ratios(rtt: dict[str, dict[str, Any]], latency: dict[str, Any]) -> dict[str
     }
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def _per_dispatch_ms(seconds: float | None, m: Measurement) -> float | None:
     if seconds is None or not m.assigned:
         return None
@@ -400,6 +406,7 @@ def _cpu(m: Measurement) -> dict[str, Any]:
         "measured_seconds": round(m.wall, 3),
         "server_cpu_seconds": None if server is None else round(server, 3),
         "clients_cpu_seconds": None if clients is None else round(clients, 3),
+        "server_system_cpu_seconds": _rounded(m.cpu_seconds.get("server_system")),
         "server_cpu_ms_per_dispatch": _per_dispatch_ms(server, m),
         "clients_cpu_ms_per_dispatch": _per_dispatch_ms(clients, m),
         "machine_busy_cores_before": m.busy_cores_before,
