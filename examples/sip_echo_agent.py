@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from agentdispatch import JobContext, WorkerOptions, cli
-from agentdispatch.worker.child.audio import DtmfEvent, RoomAudio, tone
+from agentdispatch.worker.child.audio import DtmfEvent, tone
 
 log = logging.getLogger("sip-echo-agent")
 
@@ -20,7 +20,7 @@ GREETING = tone(440.0, 0.3) + tone(660.0, 0.3)  # two beeps stand in for "hello"
 
 async def entrypoint(ctx: JobContext) -> None:
     room = await ctx.connect()  # joining the room answers the call (200 OK)
-    audio = RoomAudio(room)
+    audio = room.audio  # the room's audio (a RoomAudio)
     caller = await room.wait_for_participant()
     log.info("call from %s", caller.attributes.get("sip.phoneNumber", caller.identity), extra=ctx.log_fields)
 

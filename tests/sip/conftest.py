@@ -1,101 +1,36 @@
 """SIP fixtures: a real dispatch server with the SIP gateway in-process, real workers, real `sipp`.
 
 `sipp` comes from Debian's `sip-tester`, installed here when missing; without it the tests skip, or
-fail when CI=true.
+fail when CI=true. Helpers live in sip_harness.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from livekit.protocol import agent_dispatch, sip
-from livekit.protocol import room as lk_room
-
-from agentdispatch.protocol import WorkerError
-from agentdispatch.server import DispatchServer, ServerConfig
-from agentdispatch.sip import GatewayConfig, SipGateway
-from agentdispatch.worker.options import WorkerOptions
-from agentdispatch.worker.proc_pool import BackoffPolicy
-from agentdispatch.worker.runtime import Tuning, Worker
 
 HERE = Path(__file__).parent
-AGENTS = HERE / "sip_agents.py"
-EXAMPLE = HERE.parents[1] / "examples" / "sip_echo_agent.py"
-FAST = Tuning(
-    status_interval=0.3,
-    load_interval=0.05,
-    memory_interval=0.2,
-    term_grace=0.5,
-    reconnect_base=0.05,
-    reconnect_cap=0.2,
-    pool_backoff=BackoffPolicy(base=0.1, cap=1.0),
-)
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
+from sip_harness import FAST, SipRig, descendants, ensure_sipp, wait_until  # noqa: E402
 
-def ensure_sipp() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, timeout=300)
-            subprocess.run(
-                ["apt-get", "install", "-y", "-qq", "sip-tester"],
-                check=False,
-                capture_output=True,
-                timeout=600,
-            )
-        path = shutil.which("sipp")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp (Debian sip-tester) is required and could not be installed")
-        pytest.skip("sipp (Debian sip-tester) not available")
-    return path
+from agentdispatch.protocol import WorkerError  # noqa: E402
+from agentdispatch.server import DispatchServer, ServerConfig  # noqa: E402
+from agentdispatch.sip import GatewayConfig, SipGateway  # noqa: E402
+from agentdispatch.worker.options import WorkerOptions  # noqa: E402
+from agentdispatch.worker.runtime import Tuning, Worker  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def sipp_bin() -> str:
     return ensure_sipp()
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
-
-
-def agent_rule(agent_name: str, prefix: str = "call-", metadata: str = "") -> sip.SIPDispatchRuleInfo:
-    return sip.SIPDispatchRuleInfo(
-        rule=sip.SIPDispatchRule(dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix=prefix)),
-        room_config=lk_room.RoomConfiguration(
-            agents=[agent_dispatch.RoomAgentDispatch(agent_name=agent_name, metadata=metadata)]
-        ),
-    )
-
-
-@dataclass
-class SipRig:
-    server: DispatchServer
-    gateway: SipGateway
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.gateway.port}"
 
 
 @pytest.fixture
@@ -125,20 +60,6 @@ async def rig(server_config: dict[str, Any], gateway_config: dict[str, Any]) -> 
     yield SipRig(server, gateway)
     await gateway.aclose()
     await server.aclose()
-
-
-def descendants() -> list[psutil.Process]:
-    me = os.getpid()
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            cmd = " ".join(p.cmdline())
-            if p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if p.ppid() == me and "multiprocessing." in cmd:
-                continue
-            out.append(p)
-    return out
 
 
 @pytest.fixture
@@ -172,7 +93,3 @@ async def start_worker(rig: SipRig) -> AsyncIterator[Callable[..., Any]]:
         for p in descendants():
             p.kill()
         raise AssertionError(f"leaked processes: {left}") from None
-
-
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))

@@ -10,10 +10,10 @@ import pytest
 from livekit.protocol import agent_dispatch, sip
 from livekit.protocol import room as lk_room
 from rtp_tools import matching, open_sink, tone_frames, write_pcap
+from sip_harness import AGENTS, EXAMPLE, SipRig, agent_rule, wait_until
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
-from conftest import AGENTS, EXAMPLE, SipRig, agent_rule, wait_until
 
 FRAMES = 100  # 2 s of audio
 

@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import agent, models, sip
+from sip_harness import AGENTS, SipRig, agent_rule, wait_until
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
 from agentdispatch.server.events import JobEvent, JobEventKind
 from agentdispatch.sip.call import CallState
-from conftest import AGENTS, SipRig, agent_rule, wait_until
 
 JS_CANCELLED = agent.JobStatus.JS_CANCELLED
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 from livekit.protocol import sip
+from sip_harness import AGENTS, SipRig, agent_rule, wait_until
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
-from conftest import AGENTS, SipRig, agent_rule, wait_until
 
 CALLS = 50
 

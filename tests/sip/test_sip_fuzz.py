@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from livekit.protocol import sip
+from sip_harness import AGENTS, SipRig, agent_rule
 
 from agentdispatch.bench.sip.scenarios import CallScenario
 from agentdispatch.bench.sip.sipp import run_sipp
-from conftest import AGENTS, SipRig, agent_rule
 
 INVITE = (
     "INVITE sip:+15550100@127.0.0.1 SIP/2.0\r\n"

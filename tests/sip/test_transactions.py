@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit.protocol import sip
+from sip_harness import SipRig, agent_rule, wait_until
 
 from agentdispatch.sip import gateway as gateway_module
-from conftest import SipRig, agent_rule, wait_until
 
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
 

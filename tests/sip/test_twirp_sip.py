@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from livekit import api
 from livekit.protocol import sip
+from sip_harness import SipRig
 
 from agentdispatch.sip import SipConfigError, SipDirectory
-from conftest import SipRig
 
 
 @pytest.fixture

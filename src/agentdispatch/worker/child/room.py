@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 from google.protobuf import json_format
@@ -20,6 +20,9 @@ from livekit.protocol import models
 
 from ...protocol import WorkerError
 from ...util import TaskSet
+
+if TYPE_CHECKING:
+    from .audio import RoomAudio
 
 log = logging.getLogger("agentdispatch.worker.room")
 
@@ -72,7 +75,17 @@ class RoomConnection:
         self._tasks = TaskSet(f"room:{self.room.name}")
         self.disconnected = asyncio.Event()
         self.disconnect_reason = ""
+        self._audio: RoomAudio | None = None
         self._reader = self._tasks.spawn(self._read(), "reader")
+
+    @property
+    def audio(self) -> RoomAudio:
+        """This room's audio: participants' frames, sending audio, DTMF, hang-up (docs/sip.md)."""
+        if self._audio is None:
+            from .audio import RoomAudio
+
+            self._audio = RoomAudio(self)
+        return self._audio
 
     @classmethod
     async def open(cls, url: str, token: str) -> RoomConnection:

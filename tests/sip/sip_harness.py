@@ -1,0 +1,102 @@
+"""Helpers of the SIP tests (imported by name: `from sip_harness import ...`, never `from conftest`,
+whose module name other test folders share). Fixtures are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from livekit.protocol import agent_dispatch, sip
+from livekit.protocol import room as lk_room
+
+from agentdispatch.server import DispatchServer
+from agentdispatch.sip import SipGateway
+from agentdispatch.worker.proc_pool import BackoffPolicy
+from agentdispatch.worker.runtime import Tuning
+
+HERE = Path(__file__).parent
+AGENTS = HERE / "sip_agents.py"
+EXAMPLE = HERE.parents[1] / "examples" / "sip_echo_agent.py"
+FAST = Tuning(
+    status_interval=0.3,
+    load_interval=0.05,
+    memory_interval=0.2,
+    term_grace=0.5,
+    reconnect_base=0.05,
+    reconnect_cap=0.2,
+    pool_backoff=BackoffPolicy(base=0.1, cap=1.0),
+)
+
+
+def ensure_sipp() -> str:
+    path = shutil.which("sipp")
+    if path is None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, timeout=300)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "sip-tester"],
+                check=False,
+                capture_output=True,
+                timeout=600,
+            )
+        path = shutil.which("sipp")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("sipp (Debian sip-tester) is required and could not be installed")
+        pytest.skip("sipp (Debian sip-tester) not available")
+    return path
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+def agent_rule(agent_name: str, prefix: str = "call-", metadata: str = "") -> sip.SIPDispatchRuleInfo:
+    return sip.SIPDispatchRuleInfo(
+        rule=sip.SIPDispatchRule(dispatch_rule_individual=sip.SIPDispatchRuleIndividual(room_prefix=prefix)),
+        room_config=lk_room.RoomConfiguration(
+            agents=[agent_dispatch.RoomAgentDispatch(agent_name=agent_name, metadata=metadata)]
+        ),
+    )
+
+
+@dataclass
+class SipRig:
+    server: DispatchServer
+    gateway: SipGateway
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+
+def descendants() -> list[psutil.Process]:
+    me = os.getpid()
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(p.cmdline())
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.ppid() == me and "multiprocessing." in cmd:
+                continue
+            out.append(p)
+    return out
