@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from typing import Any
 
 import psutil
@@ -229,3 +230,30 @@ async def test_delivery_runs_in_a_child_process_that_ends_with_the_server(receiv
     assert "agentdispatch.server.webhook_child" in " ".join(child.cmdline())
     await server.aclose()
     assert not psutil.pid_exists(pid) or child.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_a_killed_delivery_process_is_replaced_and_delivery_goes_on(
+    make_harness: Any, receivers: Any
+) -> None:
+    port = free_port()
+    harness = await make_harness(webhook_urls=(f"http://127.0.0.1:{port}/hook",))
+    receiver = Receiver(harness, port=port)
+    receivers.append(receiver)
+    await receiver.start()
+    await harness.api.room.create_room(api.CreateRoomRequest(name="before"))
+    await receiver.wait_event("before", "room_started")
+    sender = harness.server.ops.webhooks
+    first = sender.pid
+    os.kill(first, signal.SIGKILL)
+    await harness.wait_for(lambda: sender.pid not in (None, first), timeout=15, what="a new delivery process")
+    await harness.api.room.create_room(api.CreateRoomRequest(name="after"))
+    await receiver.wait_event("after", "room_started")
+    assert sender.restarts == 1 and not psutil.pid_exists(first)
+    assert any(r.getMessage().startswith("webhook delivery process exited") for r in _records(harness))
+
+
+def _records(harness: Any) -> list[Any]:
+    import logging
+
+    handlers = [h for h in logging.getLogger("agentdispatch").handlers if hasattr(h, "records")]
+    return [r for h in handlers for r in h.records]
