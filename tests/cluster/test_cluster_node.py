@@ -40,7 +40,6 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str =
 
 class RecordingHost:
     def __init__(self) -> None:
-        self.shutting_down = False
         self.taken: list[tuple[str, str, bool]] = []  # (job id, preferred worker, resuming)
         self.terminated: list[tuple[str, str]] = []
         self.orphans: list[tuple[list[str], str]] = []

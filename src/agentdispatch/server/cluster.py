@@ -75,9 +75,6 @@ class ClusterOptions:
 class Host(Protocol):
     """What the cluster needs from the node it runs in (the dispatcher behind a narrow seam)."""
 
-    #: the node is stopping: its workers leave to reconnect elsewhere, their jobs keep running
-    shutting_down: bool
-
     async def take(self, job: agent.Job, deadline: float | None, resuming: bool, prefer: str) -> None:
         """Place a job handed to this node (stored already), on `prefer` if it can."""
 
@@ -103,8 +100,9 @@ class ClusterNode:
         self.streams = HandoffStreams(r, p, self.node_id)
         self._tasks = TaskSet(f"cluster:{self.node_id}")
         self._dirty: dict[str, WorkerSummary] = {}
+        # workers that left: out of placement, but kept in their node's set until the node itself is
+        # taken over, so a survivor finds every job they may still hold (orphan timers die with a node)
         self._gone: dict[str, WorkerSummary] = {}
-        self._gone_listed: dict[str, WorkerSummary] = {}  # left during shutdown: stay in the node set
         self._publish_wakeup = asyncio.Event()
         self._delivering = asyncio.Semaphore(MAX_DELIVERIES)
         self._unacked: dict[str, tuple[str, str]] = {}  # job id -> (stream node, entry id)
@@ -143,8 +141,7 @@ class ClusterNode:
             wid = event.worker.worker_id
             if event.kind is WorkerEventKind.DISCONNECTED:
                 self._dirty.pop(wid, None)
-                gone = self._gone_listed if self._host.shutting_down else self._gone
-                gone[wid] = event.worker
+                self._gone[wid] = event.worker
             else:
                 self._dirty[wid] = event.worker
             self._publish_wakeup.set()
@@ -301,12 +298,11 @@ class ClusterNode:
                 await asyncio.sleep(min(1.0, self.options.heartbeat_interval))
 
     async def _flush(self) -> None:
-        dirty, gone, listed, acks = self._dirty, self._gone, self._gone_listed, self._acks
-        self._dirty, self._gone, self._gone_listed, self._acks = {}, {}, {}, []
+        dirty, gone, acks = self._dirty, self._gone, self._acks
+        self._dirty, self._gone, self._acks = {}, {}, []
         try:
             await self.directory.publish(list(dirty.values()))
-            await self.directory.remove(list(gone.values()))
-            await self.directory.remove(list(listed.values()), keep_membership=True)
+            await self.directory.remove(list(gone.values()), keep_membership=True)
             by_stream: dict[str, list[str]] = {}
             for node, entry in acks:
                 by_stream.setdefault(node, []).append(entry)
@@ -316,7 +312,6 @@ class ClusterNode:
             # keep what was not written; newer summaries of the same worker win
             self._dirty = {**dirty, **self._dirty}
             self._gone = {**gone, **self._gone}
-            self._gone_listed = {**listed, **self._gone_listed}
             self._acks = acks + self._acks
             raise
 

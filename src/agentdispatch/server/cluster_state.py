@@ -6,7 +6,7 @@ Keys (prefix ``ad:<cluster>:``, shared with RedisStore)::
     nodes              zset    every node that ever held a lease, score = first seen (ms)
     takeover:<id>      string  who is taking over a dead node (SET NX), so exactly one survivor does
     wsum               hash    worker id -> WorkerSummary JSON (cluster-wide view)
-    wsum:n:<node>      set     worker ids connected to that node
+    wsum:n:<node>      set     worker ids that connected to that node (kept until it is taken over)
     wkey:<key>         zset    eligible workers of one worker key ("<node>|<worker>"), score = projected load
     hand:<node>        stream  hand-offs to that node (consumer group "nodes"); an entry stays
                                pending until the job it carries is assigned or ended

@@ -207,7 +207,7 @@ def summarize(run: ScenarioRun) -> dict[str, Any]:
     first = min((e[2] for e in run.sent.values()), default=0.0)
     last = max((a[2] for _, a in pairs), default=first)
     n = len(pairs)
-    node_cpu = {k: v for k, v in run.cpu.items() if k.startswith("node")}
+    node_cpu = {k: v for k, v in run.cpu.items() if k.startswith("node") and not k.endswith("_system")}
     per_node_ms = {k: round(v * 1000 / n, 4) if n else None for k, v in node_cpu.items()}
     return {
         "name": run.name,
