@@ -1,5 +1,6 @@
-"""A single node on Redis restarts (SIGTERM or SIGKILL): rooms, dispatches and jobs are still there, the
+"""A single node restarts (SIGTERM or SIGKILL). On Redis: rooms, dispatches and jobs are still there, the
 running job stays with its worker after it reconnects and sends migrate_job, and a queued dispatch runs.
+In memory: the new process adopts the running job the worker reports (MigrateJobRequest.jobs).
 
 Real `agentdispatch server --redis` processes on the same port, one after the other, and a real
 redis-server; workers are SimWorkers over real WebSockets; the API client is livekit-api.
@@ -129,3 +130,53 @@ async def _true(value: object) -> bool:
 
 async def _job_with(lk: api.LiveKitAPI, room: str, pred: Callable[[agent.Job], bool]) -> bool:
     return any(pred(j) for j in await jobs_of(lk, room))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_a_restarted_memory_node_adopts_the_running_job_its_worker_reports(
+    sig: int,
+) -> None:
+    """Memory store: the state is gone with the process, but the worker's MigrateJobRequest.jobs carries
+    the running job, and the new process adopts it instead of terminating it (no call cut)."""
+    first = ServerProcess(ServerProcessSettings(extra_args=("--reconnect-grace", "60")))
+    first.start()
+    port = first.port
+    http = aiohttp.ClientSession()
+    lk = api.LiveKitAPI(first.url, "devkey", "secret", session=http, failover=False)
+    workers: list[SimWorker] = []
+    second: ServerProcess | None = None
+    try:
+        w1 = SimWorker(SimWorkerOptions(url=first.url, agent_name="caller"), http)
+        workers.append(w1)
+        await w1.connect()
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="caller", room="call")
+        )
+        await eventually(lambda: _true(w1.received.assignments), what="the job assigned to w1")
+        running = w1.received.assignments[0].job
+
+        stop_node(first, sig)
+        second = ServerProcess(ServerProcessSettings(port=port, extra_args=("--reconnect-grace", "60")))
+        second.start()
+
+        w1b = SimWorker(SimWorkerOptions(url=second.url, agent_name="caller"), http)
+        workers.append(w1b)
+        await w1b.connect()
+        migrate = agent.MigrateJobRequest(job_ids=[running.id], jobs=[running])
+        await w1b.send(agent.WorkerMessage(migrate_job=migrate))
+        await eventually(
+            lambda: _job_with(lk, "call", lambda j: j.id == running.id and j.state.worker_id == w1b.id),
+            what="the job adopted by the new process",
+        )
+        assert w1b.received.terminations == [], "the running job was not cut"
+        await w1b.finish(running.id, JS_SUCCESS)
+        await eventually(
+            lambda: _job_with(lk, "call", lambda j: j.state.status == JS_SUCCESS), what="success"
+        )
+    finally:
+        for w in workers:
+            await w.aclose()
+        await http.close()
+        if second is not None:
+            second.stop()
+        first.stop()
