@@ -38,6 +38,7 @@ class Receiver:
         self.events: list[webhook.WebhookEvent] = []
         self.rejected: list[str] = []
         self.content_types: set[str] = set()
+        self.bodies: list[str] = []
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -49,6 +50,7 @@ class Receiver:
             self.harness.bus.notify()
             return web.Response(status=401)
         self.content_types.add(request.content_type)
+        self.bodies.append(body)
         self.events.append(event)
         self.harness.bus.notify()
         return web.Response(text="ok")
@@ -125,6 +127,7 @@ async def test_every_event_of_one_call_arrives_verified_and_in_order(
     assert by_name["agent_job_assigned"].job.state.worker_id == worker.id
     assert len({e.id for e in receiver.events}) == len(receiver.events)  # every event has its own id
     assert receiver.content_types == {"application/webhook+json"}
+    assert all('"createdAt"' in b for b in receiver.bodies)  # JSON names as LiveKit's protojson writes them
 
 
 async def test_a_receiver_that_is_down_gets_the_events_after_it_comes_back(

@@ -28,6 +28,7 @@ import aiohttp
 from google.protobuf import json_format
 from livekit.protocol import webhook
 
+from .. import __version__
 from ..protocol import hs256
 from ..protocol.errors import ConfigError
 from ..protocol.ids import new_id
@@ -47,6 +48,7 @@ JOB_EVENT_NAMES = {
 ROOM_EVENT_NAMES = tuple(kind.value for kind in RoomEventKind)
 WEBHOOK_EVENT_NAMES = (*ROOM_EVENT_NAMES, *JOB_EVENT_NAMES.values())
 CONTENT_TYPE = "application/webhook+json"
+USER_AGENT = f"agentdispatch/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class WebhookSender:
 
     async def _deliver(self, target: _Lane, message: webhook.WebhookEvent) -> None:
         message.num_dropped = target.dropped_since_sent
-        body = json_format.MessageToJson(message, indent=None, preserving_proto_field_name=True)
+        body = json_format.MessageToJson(message, indent=None)  # lowerCamelCase, as LiveKit's protojson
         delay = self._options.backoff_initial
         for attempt in range(1, self._options.max_attempts + 1):
             error = await self._post(target.url, body)
@@ -240,6 +242,7 @@ class WebhookSender:
             self._session = aiohttp.ClientSession(timeout=timeout)
         headers = {
             "Content-Type": CONTENT_TYPE,
+            "User-Agent": USER_AGENT,
             "Authorization": sign(body, self._options.api_key, self._options.api_secret),
         }
         try:
