@@ -46,7 +46,7 @@ _ENDED = (agent.JobStatus.JS_SUCCESS, agent.JobStatus.JS_FAILED, agent.JobStatus
 #: hand-offs being given to the dispatcher at once (each waits on its own Redis round trips)
 MAX_DELIVERIES = 64
 #: heartbeats between full republishes of this node's workers
-REPUBLISH_EVERY = 5
+REPUBLISH_EVERY = 30
 REDIS_DOWN = (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError)
 
 
