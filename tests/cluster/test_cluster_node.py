@@ -152,6 +152,9 @@ async def test_placement_picks_the_least_loaded_eligible_worker_cluster_wide(clu
     assert chosen is not None
     await a.directory.bump(chosen, key, 0.4)
     assert await _best_is(a, key, "AW_a1")
+    # pick = best + bump in one atomic step: concurrent picks spread instead of piling on one worker
+    picks = await asyncio.gather(*(a.directory.pick(key, 0.25) for _ in range(2)))
+    assert sorted(p.worker_id for p in picks if p is not None) == ["AW_a1", "AW_b1"]
     # a worker that leaves is no longer a candidate
     a.on_event(WorkerEvent(WorkerEventKind.DISCONNECTED, summary("AW_a1", "ND_a", 0.5)))
     await wait_until(lambda: _best_is(a, key, "AW_b1"), what="AW_a1 gone from the directory")

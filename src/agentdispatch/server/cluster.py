@@ -168,11 +168,9 @@ class ClusterNode:
 
     async def choose(self, job: agent.Job) -> Candidate | None:
         """The cluster's best worker for a job (its projection raised at once), or None."""
-        key = job_key(job)
-        best = await self.directory.best(key)
+        best = await self.directory.pick(job_key(job), self.options.per_job_load)
         if best is None or best.node_id in self._known_dead:
-            return None
-        await self.directory.bump(best, key, self.options.per_job_load)
+            return None  # (a dead node's workers leave the directory when the node is taken over)
         return best
 
     async def send_offer(

@@ -106,6 +106,29 @@ class NodeLeases:
         await pipe.execute()
 
 
+# KEYS: the zset. ARGV: delta, a random number in [0,1) for the tie-break, excluded worker ids...
+# The least loaded eligible member (score < 1) not excluded, ties at random, raised by delta: one step,
+# so concurrent placements from several nodes each see the others' choices.
+_PICK = """
+local rows = redis.call('ZRANGE', KEYS[1], 0, #ARGV + 6, 'WITHSCORES')
+local skip = {}
+for i = 3, #ARGV do skip[ARGV[i]] = true end
+local ties, low = {}, nil
+for i = 1, #rows, 2 do
+  local member, score = rows[i], tonumber(rows[i + 1])
+  local worker = string.sub(member, (string.find(member, '|', 1, true) or 0) + 1)
+  if score < 1.0 and not skip[worker] then
+    if low == nil then low = score end
+    if score == low then ties[#ties + 1] = member end
+  end
+end
+if #ties == 0 then return false end
+local chosen = ties[math.floor(tonumber(ARGV[2]) * #ties) + 1]
+redis.call('ZINCRBY', KEYS[1], ARGV[1], chosen)
+return {chosen, tostring(low)}
+"""
+
+
 class WorkerDirectory:
     """The cluster-wide worker view placement reads: who is where, and how loaded."""
 
@@ -113,6 +136,7 @@ class WorkerDirectory:
         self._r = redis
         self._p = prefix
         self._rng = rng or random.Random()
+        self._pick = redis.register_script(_PICK)
 
     async def publish(self, summaries: Sequence[WorkerSummary]) -> None:
         if not summaries:
@@ -172,6 +196,15 @@ class WorkerDirectory:
             return None
         low = cands[0].load
         return self._rng.choice([c for c in cands if c.load == low])
+
+    async def pick(self, key: WorkerKey, delta: float, exclude: Collection[str] = ()) -> Candidate | None:
+        """`best` and `bump` in one atomic step (a Lua script): what placement uses."""
+        zkey = f"{self._p}wkey:{key_name(key)}"
+        reply: Any = await self._pick(keys=[zkey], args=[delta, self._rng.random(), *exclude])
+        if not reply:
+            return None
+        node_id, _, worker_id = _text(reply[0]).partition("|")
+        return Candidate(worker_id, node_id, float(_text(reply[1])))
 
     async def bump(self, chosen: Candidate, key: WorkerKey, delta: float) -> None:
         """Raise a chosen worker's projection at once, so a burst spreads (XX: only while it is listed).
