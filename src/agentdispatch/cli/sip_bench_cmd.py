@@ -27,6 +27,13 @@ from .bench_run import run_benchmark, settings_from_options
 )
 @click.option("--hold", type=click.FloatRange(0), default=10.0, show_default=True, help="Seconds per call.")
 @click.option(
+    "--audio",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds of G.711 each caller sends after the answer (echoed back); 0 = none.",
+)
+@click.option(
     "--warmup", type=click.IntRange(0), default=5, show_default=True, help="Unmeasured calls first."
 )
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Worker processes.")

@@ -24,8 +24,10 @@ from livekit.protocol import agent_dispatch, room, sip
 from ...protocol import ConfigError
 from ...server import DispatchServer, ServerConfig
 from ...sip import GatewayConfig, SipGateway
+from ...sip.call import CallRecord
 from ...testing.serverproc import HarnessError
-from ..common.stats import environment, summarize_ms
+from ..common.stats import environment, percentile, summarize_ms
+from .pcap import tone_frames, write_pcap
 from .scenarios import CallScenario
 from .sipp import SippRun, find_sipp, run_sipp
 
@@ -39,6 +41,7 @@ class SipBenchSettings:
     rate: float = 10.0  # new calls per second
     concurrent: int = 100  # sipp's limit of simultaneous calls
     hold: float = 10.0  # seconds each answered call lasts (caller BYE)
+    audio: float = 0.0  # seconds of G.711 the caller sends right after the answer (0 = none); echoed back
     warmup: int = 5  # unmeasured calls first (warm pool)
     workers: int = 2
     idle: int = 4  # num_idle_processes per worker
@@ -48,6 +51,8 @@ class SipBenchSettings:
     def __post_init__(self) -> None:
         if self.calls < 1 or self.rate <= 0 or self.concurrent < 1 or self.workers < 1 or self.idle < 0:
             raise ConfigError("calls, rate, concurrent, workers must be positive; idle >= 0")
+        if self.audio < 0 or self.audio > self.hold:
+            raise ConfigError("audio must be between 0 and hold seconds")
         if self.hold < 0 or self.warmup < 0 or self.ringing_timeout <= 0:
             raise ConfigError("hold, warmup >= 0 and ringing_timeout > 0")
         if self.transport not in ("udp", "tcp"):
@@ -127,6 +132,29 @@ async def wait_registered(server: DispatchServer, count: int, procs: list[subpro
         await asyncio.sleep(0.1)
 
 
+def _scenario(settings: SipBenchSettings, workdir: Path) -> CallScenario:
+    if not settings.audio:
+        return CallScenario(hold_ms=int(settings.hold * 1000))
+    pcap = workdir / "caller.pcap"
+    write_pcap(pcap, tone_frames(int(settings.audio * 50)))
+    return CallScenario(hold_ms=int(settings.hold * 1000), pcap=str(pcap), payloads="0")
+
+
+def audio_summary(run: SippRun, history: list[CallRecord], frames: int) -> dict[str, Any]:
+    """Per measured call: frames the gateway relayed to the room (from the caller) and back to the caller."""
+    measured = [r for r in history if r.sip_call_id in run.calls and r.final_status == 200]
+    if not frames or not measured:
+        return {}
+    to_room = sorted(r.rtp_in / frames for r in measured)
+    to_caller = sorted(r.rtp_out / frames for r in measured)
+    return {
+        "frames_sent_per_call": frames,
+        "calls": len(measured),
+        "to_room_ratio": {"min": round(to_room[0], 3), "p50": round(percentile(to_room, 50), 3)},
+        "to_caller_ratio": {"min": round(to_caller[0], 3), "p50": round(percentile(to_caller, 50), 3)},
+    }
+
+
 def summarize(run: SippRun, calls: int) -> dict[str, Any]:
     traces = list(run.calls.values())
     statuses = Counter(t.status for t in traces)
@@ -176,11 +204,12 @@ async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: 
         log(f"measuring: {settings.calls} calls at {settings.rate:g}/s, {settings.hold:g} s each")
         load_before = os.getloadavg()
         run = await run_sipp(
-            sipp_bin, CallScenario(hold_ms=int(settings.hold * 1000)), target, workdir / "measure",
+            sipp_bin, _scenario(settings, workdir), target, workdir / "measure",
             calls=settings.calls, rate=settings.rate, limit=settings.concurrent, transport=transport,
             timeout=duration + 60,
         )  # fmt: skip
         gateway_status = {str(k): v for k, v in sorted(gateway.statistics().by_status.items())}
+        audio = audio_summary(run, list(gateway.history), int(settings.audio * 50))
         load_after = os.getloadavg()
     finally:
         stop_workers(procs)
@@ -191,6 +220,7 @@ async def _bench(settings: SipBenchSettings, sipp_bin: str, workdir: Path, log: 
         "settings": asdict(settings),
         "environment": environment(),
         **summarize(run, settings.calls),
+        "audio": audio,  # {} without --audio
         "gateway_final_status": gateway_status,  # the gateway's view, warm-up calls included
         # the machine's 1/5/15-minute load averages around the measured phase (other processes count too)
         "machine_load": {

@@ -27,6 +27,21 @@ def sip_table(result: dict[str, Any]) -> Table:
         table.add_row(
             label, str(row.get("n", 0)), *(fmt_num(row.get(q), " ms", 1) for q in ("p50", "p99", "max"))
         )
+    audio = result.get("audio") or {}
+    if audio:
+        n = audio["frames_sent_per_call"]
+        for label, key in (
+            ("audio frames caller -> room", "to_room_ratio"),
+            ("echo frames -> caller", "to_caller_ratio"),
+        ):
+            row = audio[key]
+            table.add_row(
+                f"{label} (of {n}/call)",
+                str(audio["calls"]),
+                f"{row['p50']:.1%}",
+                f"min {row['min']:.1%}",
+                "",
+            )
     codes = ", ".join(f"{code}: {n}" for code, n in result["by_status"].items())
     load = result.get("machine_load", {}).get("after", [None])[0]
     table.caption = (
