@@ -183,10 +183,14 @@ async def test_trunk_limit_answers_at_once_with_the_configured_code(
     assert (await first).returncode == 0
 
 
-async def test_calls_over_tcp(rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path) -> None:
-    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:entry_answer")
+@pytest.mark.parametrize(("entry", "hangup"), [("entry_answer", "caller"), ("entry_hangup", "agent")])
+async def test_calls_over_tcp(
+    rig: SipRig, start_worker: Any, sipp_bin: str, tmp_path: Path, entry: str, hangup: str
+) -> None:
+    await start_worker(agent_name="phone", entrypoint_fnc=f"{AGENTS}:{entry}")
     add_trunk_and_rule(rig, "phone")
-    run = await run_sipp(sipp_bin, CallScenario(hold_ms=200), rig.target, tmp_path / "s", transport="t1")
+    scenario = CallScenario(hold_ms=200, hangup=hangup)
+    run = await run_sipp(sipp_bin, scenario, rig.target, tmp_path / "s", transport="t1")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr
     (trace,) = run.calls.values()
     assert trace.status == 200
