@@ -18,7 +18,7 @@ reconnects by itself on the next call once Redis is back.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -108,7 +108,7 @@ return out
 """
 
 
-def _guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn "Redis is unreachable" into StoreUnavailable; every other error stays what it is."""
 
     @functools.wraps(fn)
