@@ -4,7 +4,8 @@
   one of them crossed nodes), with the livekit-api client;
 - SIGKILL of the node holding a real worker's socket while its job runs: the worker reconnects through
   haproxy to the survivor, `migrate_job` keeps the job (same job process, started once), ListDispatch
-  through the survivor shows it running, then JS_SUCCESS.
+  through the survivor shows it running, then JS_SUCCESS;
+- a dispatch queued on a node that is SIGKILLed runs on the survivor once a worker comes.
 """
 
 from __future__ import annotations
@@ -228,3 +229,29 @@ async def _jobs(lk: api.LiveKitAPI, room: str) -> list[agent.Job]:
 
 async def _job_where(lk: api.LiveKitAPI, room: str, pred: Callable[[agent.Job], bool]) -> agent.Job | None:
     return next((j for j in await _jobs(lk, room) if pred(j)), None)
+
+
+async def test_a_dispatch_queued_on_a_node_that_is_sigkilled_runs_on_the_survivor(
+    deployment: Deployment,
+) -> None:
+    doomed, survivor = deployment.nodes
+    lk = deployment.api(doomed.url)
+    queued = await lk.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="nobody-yet", room="queued")
+    )
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.stop()
+    worker = SimWorker(SimWorkerOptions(url=deployment.proxy.url, agent_name="nobody-yet"), deployment.http)
+    try:
+        await eventually(lambda: _connect(worker), what="worker registered through haproxy (to the survivor)")
+        await eventually(
+            lambda: _at_least(worker.received.assignments, 1),
+            timeout=60,
+            what="the queued job, taken over from the dead node's hand-off stream",
+        )
+        assert worker.received.assignments[0].job.dispatch_id == queued.id
+        lk2 = deployment.api(survivor.url)
+        (listed,) = await lk2.agent_dispatch.list_dispatch("queued")
+        assert [j.state.worker_id for j in listed.state.jobs] == [worker.id]
+    finally:
+        await worker.aclose()
