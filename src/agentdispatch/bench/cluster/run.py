@@ -17,6 +17,7 @@ CreateDispatch went to. CPU is measured per process (psutil) over the measured p
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -81,6 +82,8 @@ class ScenarioRun:
     idle_rtt: list[float] = field(default_factory=list)
     wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
+    #: 1-minute load average when the measured phase started and ended (noise from other processes)
+    load_avg: tuple[float, float] = (0.0, 0.0)
 
 
 class ClusterBench:
@@ -161,6 +164,7 @@ class ClusterBench:
             pids: dict[str, list[int]] = {f"node{i}": [pid] for i, pid in enumerate(node_pids)}
             pids["redis"] = redis_pids
             pids["clients"] = [c.process.pid for c in clients if c.process.pid is not None]
+            load0 = os.getloadavg()[0]
             before, t0 = _cpu_seconds(pids), time.perf_counter()
             budget = 120.0 + s.dispatches / max(s.rate, 50.0)
             for i, reply in enumerate(call_all(clients, "run", timeout=budget)):
@@ -172,6 +176,7 @@ class ClusterBench:
             run.wall = time.perf_counter() - t0
             after = _cpu_seconds(pids)
             run.cpu = {role: after[role] - before[role] for role in after}
+            run.load_avg = (round(load0, 2), round(os.getloadavg()[0], 2))
             clients[0].call("stop_probe", timeout=30.0)
         finally:
             for client in clients:
@@ -219,6 +224,7 @@ def summarize(run: ScenarioRun) -> dict[str, Any]:
         "same_node_latency_ms": summarize_ms(same),
         "cross_node_latency_ms": summarize_ms(cross),
         "throughput_per_s": round(n / (last - first), 1) if last > first else None,
+        "load_avg_1m": {"start": run.load_avg[0], "end": run.load_avg[1]},
         "idle_ws_rtt_ms": summarize_ms(run.idle_rtt),
         "cpu": {
             "measured_seconds": round(run.wall, 3),

@@ -37,8 +37,9 @@ def cluster_table(result: dict[str, Any]) -> Table:
     for sc in result["scenarios"]:
         d, cpu = sc["dispatches"], sc["cpu"]
         per_node = " ".join(fmt_num(v) for v in cpu["node_cpu_ms_per_dispatch"].values())
+        load = sc["load_avg_1m"]
         table.add_row(
-            f"{sc['name']} ({sc['nodes']} node, {sc['store']})",
+            f"{sc['name']} ({sc['nodes']} node, {sc['store']}; load {load['start']:g}-{load['end']:g})",
             f"{d['assigned']}/{d['created']}" + (f" dup {d['duplicates']}" if d["duplicates"] else ""),
             _ms(sc["latency_ms"]),
             _ms(sc["same_node_latency_ms"]),
