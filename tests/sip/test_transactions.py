@@ -90,3 +90,23 @@ async def test_sip_gateway_options_ping_is_answered(rig: SipRig) -> None:
 
 
 def _unused(*_: Any) -> None: ...
+
+
+@pytest.mark.parametrize("gateway_config", [{"advertise": "192.0.2.10", "ringback": True}])
+async def test_the_advertised_address_goes_into_sdp_and_contact(rig: SipRig) -> None:
+    rig.gateway.directory.add_trunk(sip.SIPInboundTrunkInfo(name="t", ringing_timeout=Duration(seconds=1)))
+    rig.gateway.directory.add_rule(agent_rule("nobody"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        sock.sendto(invite(sock.getsockname()[1]), ("127.0.0.1", rig.gateway.port))
+        texts = []
+        while not texts or not texts[-1].startswith("SIP/2.0 183"):
+            texts.append((await asyncio.wait_for(loop.sock_recv(sock, 65535), 10)).decode())
+    finally:
+        sock.close()
+    progress = texts[-1]
+    assert "c=IN IP4 192.0.2.10" in progress  # the media address behind NAT
+    assert f"Contact: <sip:192.0.2.10:{rig.gateway.port}>" in progress

@@ -30,6 +30,9 @@ SIP_OPTIONS = [
     ),
     click.Option(["--no-tcp"], is_flag=True, help="SIP over UDP only."),
     click.Option(
+        ["--sip-advertise"], default="", help="Address put in SDP/Via/Contact instead of --sip-host (NAT)."
+    ),
+    click.Option(
         ["--ringback"], is_flag=True, help="183 Session Progress with a ringback tone while ringing."
     ),
     click.Option(["--rtp-ports"], default="20000-30000", show_default=True, help="RTP port range LOW-HIGH."),
@@ -75,7 +78,7 @@ SIP_OPTIONS = [
         help="JSON file of trunks and dispatch rules (docs/sip.md).",
     ),
 ]
-SIP_NAMES = {"sip_host", "sip_port", "no_tcp", "ringback", "rtp_ports", "ringing_timeout", "final_status",
+SIP_NAMES = {"sip_host", "sip_advertise", "sip_port", "no_tcp", "ringback", "rtp_ports", "ringing_timeout", "final_status",
              "retry_after", "max_calls", "limit_status", "sip_config"}  # fmt: skip
 NOT_CONFIG = {"dev", "bind", "keys_file", "log_level", "log_format"}
 
@@ -103,6 +106,7 @@ def _gateway_config(kw: dict[str, Any], host: str) -> Any:
         host=kw["sip_host"] or host,
         port=kw["sip_port"],
         tcp=not kw["no_tcp"],
+        advertise=kw["sip_advertise"],
         ringback=kw["ringback"],
         rtp_ports=ports,
         ringing_timeout=kw["ringing_timeout"],

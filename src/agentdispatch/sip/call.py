@@ -61,6 +61,7 @@ class CallEnv:
     api_key: str
     api_secret: str
     host: str
+    advertise: str
     allocate_port: Callable[[], Awaitable[int]]
     release_port: Callable[[int], Awaitable[None]]
     ringback: bool = False  # 183 Session Progress + a ringback tone while ringing
@@ -180,7 +181,12 @@ class Call:
             self._reject(503, "no free RTP port")
             return False
         try:
-            self._media = CallSession(local_ip=self._env.host, rtp_port=self._port, offer=offer)
+            self._media = CallSession(
+                local_ip=self._env.host,
+                rtp_port=self._port,
+                offer=offer,
+                advertised_ip=self._env.advertise or None,
+            )
         except (ValueError, SdpNegotiationError) as exc:
             self._reject(488, f"SDP not acceptable: {exc}")
             return False

@@ -26,6 +26,7 @@ class GatewayConfig:
     """Where the gateway listens and what a caller hears by default (trunks may override)."""
 
     host: str = "127.0.0.1"  # SIP and RTP bind address, also written into SDP / Contact
+    advertise: str = ""  # address written into SDP, Via and Contact instead of `host` (behind NAT)
     port: int = 5060  # UDP and TCP; 0 picks a free port (tests)
     tcp: bool = True
     rtp_ports: tuple[int, int] = (20000, 30000)  # even RTP ports from this range, RTCP = RTP + 1

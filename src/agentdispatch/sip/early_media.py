@@ -36,7 +36,7 @@ CADENCE = _ringback_frames()
 
 def session_progress(inv: IncomingCall, media: CallSession) -> None:
     """183 Session Progress carrying the SDP answer (the media path opens before the 200)."""
-    host, port = inv.transport.local_addr if inv.transport is not None else ("0.0.0.0", 5060)
+    host, port = inv.advertised_addr or (inv.transport.local_addr if inv.transport else ("0.0.0.0", 5060))
     resp = inv.dialog.create_response(inv.invite, 183, "Session Progress", contact=f"<sip:{host}:{port}>")
     resp.text = serialize_sdp(media.sdp_answer)
     resp.headers.set_single("Content-Type", "application/sdp")

@@ -100,6 +100,7 @@ class SipGateway:
             api_key=keys.key,
             api_secret=keys.secret,
             host=self.config.host,
+            advertise=self.config.advertise,
             allocate_port=self._allocate_port,
             release_port=self._ports.release,
             ringback=self.config.ringback,
@@ -125,6 +126,9 @@ class SipGateway:
                 self._uas.clear()
                 if self.config.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
                     raise
+        if self.config.advertise:  # Via and Contact name the public address, with the port really bound
+            for uas in self._uas:
+                uas.advertised_addr = (self.config.advertise, self.port)
         log.info("SIP gateway listening", extra={"host": self.config.host, "port": self.port})
 
     async def _start_uas(self, transport: SipTransport) -> None:
