@@ -78,8 +78,7 @@ SIP_OPTIONS = [
         help="JSON file of trunks and dispatch rules (docs/sip.md).",
     ),
 ]
-SIP_NAMES = {"sip_host", "sip_advertise", "sip_port", "no_tcp", "ringback", "rtp_ports", "ringing_timeout", "final_status",
-             "retry_after", "max_calls", "limit_status", "sip_config"}  # fmt: skip
+SIP_NAMES = {opt.name for opt in SIP_OPTIONS if opt.name is not None}
 NOT_CONFIG = {"dev", "bind", "keys_file", "log_level", "log_format"}
 
 
