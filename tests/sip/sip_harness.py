@@ -7,20 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 from livekit.protocol import agent_dispatch, sip
 from livekit.protocol import room as lk_room
 
 from agentdispatch.server import DispatchServer
 from agentdispatch.sip import SipGateway
+from agentdispatch.testing.services import require
 from agentdispatch.worker.proc_pool import BackoffPolicy
 from agentdispatch.worker.runtime import Tuning
 
@@ -39,22 +37,8 @@ FAST = Tuning(
 
 
 def ensure_sipp() -> str:
-    path = shutil.which("sipp")
-    if path is None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, timeout=300)
-            subprocess.run(
-                ["apt-get", "install", "-y", "-qq", "sip-tester"],
-                check=False,
-                capture_output=True,
-                timeout=600,
-            )
-        path = shutil.which("sipp")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sipp (Debian sip-tester) is required and could not be installed")
-        pytest.skip("sipp (Debian sip-tester) not available")
-    return path
+    """sipp's path; installs Debian sip-tester when missing; fails under CI=true, else skips, without it."""
+    return require("sipp", "sip-tester")
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:

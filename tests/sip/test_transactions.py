@@ -102,7 +102,7 @@ async def test_the_advertised_address_goes_into_sdp_and_contact(rig: SipRig) -> 
     loop = asyncio.get_running_loop()
     try:
         sock.sendto(invite(sock.getsockname()[1]), ("127.0.0.1", rig.gateway.port))
-        texts = []
+        texts: list[str] = []
         while not texts or not texts[-1].startswith("SIP/2.0 183"):
             texts.append((await asyncio.wait_for(loop.sock_recv(sock, 65535), 10)).decode())
     finally:
