@@ -28,6 +28,7 @@ from .config import ServerConfig
 from .dispatcher import ENDED, Dispatcher
 from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind, WorkerSummary
 from .registry import WorkerRegistry
+from .session import WorkerSession
 from .store import Store
 from .store_redis import RedisStore
 
@@ -59,6 +60,7 @@ class ClusteredDispatcher(Dispatcher):
         events.subscribe(self.cluster.on_event)
         events.subscribe(self._republish)
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
+        self._published: dict[str, tuple[float, bool]] = {}  # worker id -> (projection, eligible) sent
 
     async def start(self, url: str = "") -> None:
         await self.cluster.start(url)
@@ -129,8 +131,26 @@ class ClusteredDispatcher(Dispatcher):
         if isinstance(event, JobEvent) and event.kind in _TOUCHES_LOAD and event.worker_id:
             worker = self._registry.get(event.worker_id)
             if worker is not None:
-                summary = self._registry.summary(worker)
-                self.cluster.on_event(WorkerEvent(WorkerEventKind.STATUS, summary))
+                self._publish_worker(worker)
+
+    def worker_status(self, worker: WorkerSession, update: agent.UpdateWorkerStatus) -> None:
+        """A status report resets the worker's projection (jobs since the last report): the cluster must
+        see that too, or the worker looks fuller and fuller in Redis until its next event."""
+        super().worker_status(worker, update)
+        self._publish_worker(worker)
+
+    def worker_gone(self, worker: WorkerSession) -> None:
+        super().worker_gone(worker)
+        self._published.pop(worker.id, None)
+
+    def _publish_worker(self, worker: WorkerSession) -> None:
+        summary = self._registry.summary(worker)
+        eligible = self._registry.is_eligible(worker)
+        last = self._published.get(worker.id)
+        if last is not None and last[1] == eligible and abs(last[0] - summary.projected_load) < 0.05:
+            return  # nothing placement would decide differently on
+        self._published[worker.id] = (summary.projected_load, eligible)
+        self.cluster.on_event(WorkerEvent(WorkerEventKind.STATUS, summary))
 
     async def _rebalance_loop(self) -> None:
         while True:
