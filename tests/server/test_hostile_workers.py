@@ -228,6 +228,7 @@ async def test_a_worker_whose_outbox_overflows_is_cut_off_and_its_offers_go_else
     )
     [assignment] = await other.wait_assignments(1)
     assert assignment.job.room.name == "ov"
+    stuck.ws._response.connection.transport.resume_reading()  # let the client see its close quickly
 
 
 @pytest.mark.parametrize("server_config", [{"worker_send_timeout": 0.5}])
@@ -244,3 +245,4 @@ async def test_a_socket_that_takes_no_frame_within_the_send_timeout_is_cut_off(h
         await asyncio.sleep(0.01)
     await harness.wait_for(lambda: bool(session.close_reason), timeout=30, what="send timeout")
     assert "socket took no frame" in session.close_reason or "outbound queue over" in session.close_reason
+    stuck.ws._response.connection.transport.resume_reading()  # let the client see its close quickly

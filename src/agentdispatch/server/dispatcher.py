@@ -103,6 +103,7 @@ class Dispatcher:
         self._tasks = TaskSet("dispatcher")
         self._adopt_until = clock.monotonic() + config.adopt_window
         self._media_attempts: set[tuple[str, str]] = set()
+        self._confirmed: set[str] = set()  # jobs whose worker reported JS_RUNNING in this run
         self.shutting_down = False
 
     def set_audience(self, audience: AudienceOf) -> None:
@@ -305,6 +306,9 @@ class Dispatcher:
             )
             return
         if update.status == JS_RUNNING:
+            if job.id in self._confirmed:
+                return  # a repeated report changes nothing: no store write, no event
+            self._confirmed.add(job.id)
             job.state.status = JS_RUNNING
             job.state.updated_at = self._clock.wall_ns()
             await self._store.update_job(job)
@@ -339,6 +343,7 @@ class Dispatcher:
             await self._end_now(job, JS_FAILED, _final_error(error, refusal), 0)
             return
         self._restarts[job.id] = restarts + 1
+        self._confirmed.discard(job.id)  # the next run's JS_RUNNING is news again
         job.state.error = f"restart {restarts + 1}/{self._config.max_restarts} after: {error}"
         job.state.reason = JSR_RETRYING
         job.state.worker_id = ""
@@ -576,6 +581,7 @@ class Dispatcher:
 
     def _set_ended(self, job: agent.Job, status: int, error: str, reason: int) -> None:
         self._restarts.pop(job.id, None)
+        self._confirmed.discard(job.id)
         self._owners.pop(job.id, None)
         now_ns = self._clock.wall_ns()
         job.state.status = status  # type: ignore[assignment]

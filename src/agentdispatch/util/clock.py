@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Protocol
 
@@ -16,13 +15,14 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The default clock: the event loop's monotonic time and the system wall clock."""
+    """The default clock: the system's monotonic and wall clocks.
+
+    Not the event loop's time(): uvloop's has 1 ms resolution, which rounded every measured latency to
+    whole milliseconds. Timers (call_later) keep using the loop's clock; nothing here mixes the two.
+    """
 
     def monotonic(self) -> float:
-        try:
-            return asyncio.get_running_loop().time()
-        except RuntimeError:
-            return time.monotonic()
+        return time.monotonic()
 
     def wall_ns(self) -> int:
         return time.time_ns()
