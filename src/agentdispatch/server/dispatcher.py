@@ -24,8 +24,9 @@ from ..protocol import JobTokenRequest, KeyPair, TwirpError, mint_job_token
 from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .config import ServerConfig
 from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind
+from .migration import MAX_MIGRATE, Owner, adopted_dispatch, bare_job, key_matches, migrate_refusal
 from .registry import WorkerRegistry
-from .restarts import Cause, RestartFacts, RoomAudience, cause_of, restart_refusal
+from .restarts import Cause, RestartFacts, RoomAudience, cause_of, final_error, restart_refusal
 from .session import ANY_DEPLOYMENT, WorkerKey, WorkerSession, job_key
 from .store import Store
 
@@ -43,8 +44,6 @@ JRP_NEVER = agent_dispatch.JobRestartPolicy.JRP_NEVER
 ENDED = (JS_SUCCESS, JS_FAILED, JS_CANCELLED)
 K = JobEventKind
 AudienceOf = Callable[[str], Awaitable[RoomAudience]]
-#: job ids looked at per migrate_job message (a worker runs far fewer jobs than this)
-MAX_MIGRATE = 1000
 
 
 @dataclass(eq=False)
@@ -62,14 +61,6 @@ class PendingJob:
     deadline_timer: asyncio.TimerHandle | None = None
     expired: bool = False
     pinned: bool = False  # simulated jobs go to the worker that asked, nowhere else
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who holds a running job: only the same API key and worker key may migrate it."""
-
-    api_key: str
-    worker_key: WorkerKey
 
 
 async def _nobody(room: str) -> RoomAudience:
@@ -340,7 +331,7 @@ class Dispatcher:
         )
         refusal = restart_refusal(facts)
         if refusal is not None:
-            await self._end_now(job, JS_FAILED, _final_error(error, refusal), 0)
+            await self._end_now(job, JS_FAILED, final_error(error, refusal), 0)
             return
         self._restarts[job.id] = restarts + 1
         self._confirmed.discard(job.id)  # the next run's JS_RUNNING is news again
@@ -486,19 +477,8 @@ class Dispatcher:
             await self._keep_with(worker, job)
 
     def _migrate_refusal(self, worker: WorkerSession, job: agent.Job | None) -> str | None:
-        if job is None:
-            return "unknown job"
-        if job.state.status in ENDED:
-            return "job already ended"
-        if not _key_matches(worker, job):
-            return "job belongs to another agent name / job type / deployment"
-        owner = self._owners.get(job.id)
-        if owner is not None and owner.api_key != worker.api_key:
-            return "job was assigned to a worker of another API key"
-        holder = self._registry.get(job.state.worker_id)
-        if holder is not None and holder is not worker and holder.is_open:
-            return f"job runs on connected worker {holder.id}"
-        return None
+        holder = self._registry.get(job.state.worker_id) if job is not None else None
+        return migrate_refusal(worker, job, self._owners.get(job.id) if job else None, holder)
 
     async def _adopt(self, worker: WorkerSession, job: agent.Job | None, job_id: str) -> agent.Job | None:
         """Take in a running job this server has no record of (it restarted with an empty store).
@@ -510,13 +490,8 @@ class Dispatcher:
         if self._clock.monotonic() > self._adopt_until:
             return None  # long after our start an unknown job is one we ended, not one we forgot
         if job is None:
-            if not job_id.startswith("AJ_") or len(job_id) > 64:
-                return None
-            reg = worker.registration
-            job = agent.Job(id=job_id, agent_name=reg.agent_name, namespace=reg.namespace)
-            job.type = reg.job_type  # type: ignore[assignment]
-            job.dispatch_id = f"AD_adopted_{job_id}"
-        if not job.id or not _key_matches(worker, job):
+            job = bare_job(job_id, worker.registration)
+        if job is None or not job.id or not key_matches(worker.registration, job):
             return None
         if job.room.name:
             await self._recreate_room_and_dispatch(job)
@@ -527,14 +502,7 @@ class Dispatcher:
         return job
 
     async def _recreate_room_and_dispatch(self, job: agent.Job) -> None:
-        dispatch = agent_dispatch.AgentDispatch(
-            id=job.dispatch_id or f"AD_adopted_{job.id}",
-            agent_name=job.agent_name,
-            room=job.room.name,
-            metadata=job.metadata,
-            deployment=job.deployment,
-            state=agent_dispatch.AgentDispatchState(created_at=self._clock.wall_ns()),
-        )
+        dispatch = adopted_dispatch(job, self._clock.wall_ns())
         job.dispatch_id = dispatch.id
         await self._store.create_room(job.room)
         if await self._store.get_dispatch(dispatch.id) is None:
@@ -661,21 +629,3 @@ class Dispatcher:
         self._orphans.clear()
         self._backoff_timers.clear()
         await self._tasks.aclose()
-
-
-def _final_error(error: str, refusal: str) -> str:
-    if refusal in ("restart policy: never", "server shutting down"):
-        return error
-    if refusal.startswith("after "):
-        return f"{error} ({refusal})"
-    return f"{error} (not restarted: {refusal})"
-
-
-def _key_matches(worker: WorkerSession, job: agent.Job) -> bool:
-    reg = worker.registration
-    return (
-        job.agent_name == reg.agent_name
-        and job.namespace == reg.namespace
-        and job.type == reg.job_type
-        and (not job.deployment or job.deployment == reg.deployment)
-    )

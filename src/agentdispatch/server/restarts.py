@@ -62,3 +62,12 @@ def restart_refusal(f: RestartFacts) -> str | None:
     if f.cause is Cause.CRASHED:
         return "no participant in the room to serve"
     return None
+
+
+def final_error(error: str, refusal: str) -> str:
+    """The error a job ends with when its restart was refused."""
+    if refusal in ("restart policy: never", "server shutting down"):
+        return error
+    if refusal.startswith("after "):
+        return f"{error} ({refusal})"
+    return f"{error} (not restarted: {refusal})"
