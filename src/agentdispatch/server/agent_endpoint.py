@@ -52,6 +52,8 @@ class Liveness:
     turns into the ProtocolError a per-frame timeout gave.
     """
 
+    __slots__ = ("_timer", "expired", "last_frame_at", "loop", "task", "waiting", "window")
+
     def __init__(self, window: float) -> None:
         task = asyncio.current_task()
         if task is None:
@@ -116,7 +118,6 @@ class AgentEndpoint:
         session = WorkerSession(ws, api_key, request.transport, limits, self._deps.clock.wall_ns())
         session.on_drained = lambda: self._deps.dispatcher.worker_available(session)
         self._sessions.add(session)
-        writer = asyncio.get_running_loop().create_task(session.run_writer(), name=f"writer:{session.id}")
         try:
             await self._serve(session)
         except ProtocolError as exc:
@@ -125,9 +126,7 @@ class AgentEndpoint:
         finally:
             self._sessions.discard(session)
             self._disconnected(session)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            await session.stop_writer()
             if not ws.closed:
                 with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
                     await asyncio.wait_for(ws.close(), 2.0)

@@ -10,6 +10,7 @@ disconnected with a reason (its offers then go elsewhere).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import re
@@ -136,9 +137,10 @@ class WorkerSession:
         self.close_reason = ""
         self._transport = transport
         self._limits = limits
-        self._queue: deque[bytes | str] = deque()
+        # frames not yet handed to the socket; a task drains them while there are any (none when idle)
+        self._queue: deque[bytes | str] | None = None
         self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         #: called when the outbox drains back under its budget (the dispatcher offers waiting jobs)
         self.on_drained: Callable[[], None] | None = None
 
@@ -180,9 +182,12 @@ class WorkerSession:
         if self._queued_bytes and self._queued_bytes + size > hard:
             self.cut_off(f"outbound queue over {hard} bytes: worker is not reading")
             return False
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(data)
         self._queued_bytes += size
-        self._wakeup.set()
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain(), name=f"writer:{self.id}")
         return True
 
     @property
@@ -194,29 +199,41 @@ class WorkerSession:
         """Over its outbox budget: no new offers until the writer catches up."""
         return self._queued_bytes > self._limits.max_bytes
 
-    async def run_writer(self) -> None:
-        """Hand queued frames to the socket, one at a time; runs until the connection ends."""
-        while not self.ws.closed and not self.close_reason:
-            if not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            data = self._queue.popleft()
-            self._queued_bytes -= len(data)
-            try:
-                if self._cannot_block(len(data)):
-                    await self._send(data)
-                else:
-                    # asyncio.timeout, not wait_for: wait_for wraps every frame in a new Task
-                    async with asyncio.timeout(self._limits.send_timeout):
+    async def _drain(self) -> None:
+        """Hand queued frames to the socket, one at a time, in order; ends when the queue is empty.
+
+        An idle worker has no writer task and no queue (an idle fleet of 50,000 costs no task each)."""
+        queue = self._queue
+        try:
+            while queue and not self.ws.closed and not self.close_reason:
+                data = queue.popleft()
+                self._queued_bytes -= len(data)
+                try:
+                    if self._cannot_block(len(data)):
                         await self._send(data)
-            except TimeoutError:
-                self.cut_off(
-                    f"socket took no frame for {self._limits.send_timeout:g}s: worker is not reading"
-                )
-            except (ConnectionError, RuntimeError) as exc:
-                log.info("send to worker failed", extra={"worker_id": self.id, "error": str(exc)})
-                return
+                    else:
+                        # asyncio.timeout, not wait_for: wait_for wraps every frame in a new Task
+                        async with asyncio.timeout(self._limits.send_timeout):
+                            await self._send(data)
+                except TimeoutError:
+                    self.cut_off(
+                        f"socket took no frame for {self._limits.send_timeout:g}s: worker is not reading"
+                    )
+                except (ConnectionError, RuntimeError) as exc:
+                    log.info("send to worker failed", extra={"worker_id": self.id, "error": str(exc)})
+                    return
+        finally:
+            self._writer = None
+            if queue is not None and not queue:
+                self._queue = None
+
+    async def stop_writer(self) -> None:
+        """The connection ended: stop handing frames to it."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
     def _cannot_block(self, size: int) -> bool:
         """Nothing is waiting in the transport's buffer and the frame is small: the socket takes it at
@@ -237,8 +254,8 @@ class WorkerSession:
             return
         self.close_reason = reason
         log.warning("disconnecting worker", extra={"worker_id": self.id, "reason": reason})
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._queued_bytes = 0
-        self._wakeup.set()
         if self._transport is not None:
             self._transport.abort()
