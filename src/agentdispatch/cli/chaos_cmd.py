@@ -58,6 +58,21 @@ from .bench_run import run_benchmark, settings_from_options
     show_default=True,
     help="Seconds after the last CreateDispatch within which every dispatch must end (else: lost).",
 )
+@click.option(
+    "--nodes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Server processes; >= 2: a cluster on a real redis-server behind a real haproxy.",
+)
+@click.option("--kill-node", is_flag=True, help="SIGKILL one cluster node (never the last) during the run.")
+@click.option(
+    "--node-kill-at",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.4,
+    show_default=True,
+    help="Share of the dispatches created before the node kill.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option(
     "--run-dir",
@@ -65,7 +80,7 @@ from .bench_run import run_benchmark, settings_from_options
     default=None,
     help="Job attempt records and server/worker logs [next to the JSON].",
 )
-def chaos_command(json_path: Path | None, run_dir: Path | None, **options: int | float | None) -> None:
+def chaos_command(json_path: Path | None, run_dir: Path | None, **options: int | float | bool | None) -> None:
     """SIGKILL workers and job processes under load; account for every dispatch.
 
     Exits 1 if a dispatch was lost or a job ran twice at once (see bench/README.md).

@@ -12,7 +12,9 @@ from livekit.protocol import agent, agent_dispatch
 
 from ...protocol import ConfigError
 from .analysis import DispatchOutcome, JobView
-from .fleet import Fleet, LoggedServerProcess
+from .fleet import Fleet
+from .nodekill import NodeKillWatch
+from .servers import ChaosServers
 from .watch import AttemptIndex
 
 ENDED = {"JS_SUCCESS", "JS_FAILED", "JS_CANCELLED"}
@@ -44,10 +46,21 @@ class ChaosSettings:
     #: server's restart bound (`ServerConfig.max_restarts`; not a server flag): used for cross-checks
     max_restarts: int = 3
     log_level: str = "INFO"
+    #: server processes; >= 2 runs a cluster: redis-server, N nodes on Redis, haproxy in front
+    nodes: int = 1
+    #: SIGKILL one node (never the last) when this share of the dispatches has been created
+    kill_node: bool = False
+    node_kill_at: float = 0.4
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.dispatches < 1 or self.max_jobs < 1:
             raise ConfigError("workers, dispatches and max_jobs must be >= 1")
+        if self.nodes < 1:
+            raise ConfigError(f"nodes must be >= 1, got {self.nodes}")
+        if self.kill_node and self.nodes < 2:
+            raise ConfigError("kill_node needs nodes >= 2 (the last node is never killed)")
+        if not 0 < self.node_kill_at < 1:
+            raise ConfigError(f"node_kill_at must be in (0, 1), got {self.node_kill_at}")
         if not 0 <= self.kill_fraction < 1:
             raise ConfigError(f"kill_fraction must be in [0, 1), got {self.kill_fraction}")
         if (self.worker_kills or 0) < 0 or (self.job_kills or 0) < 0:
@@ -139,7 +152,8 @@ class FinishedRun(Protocol):
     kills: KillLog
     index: AttemptIndex
     fleet: Fleet | None
-    server: LoggedServerProcess
+    servers: ChaosServers
+    node_kill: NodeKillWatch | None
     timeline: dict[str, float]
     cpu_before: Any
     cpu_after: Any

@@ -23,7 +23,13 @@ from .model import FinishedRun
 from .record import attempt_file_name
 
 METHOD = {
-    "server": "agentdispatch server --dev in its own process (testing.serverproc), INFO log in run_dir",
+    "server": "agentdispatch server --dev in its own process (testing.serverproc), INFO log in run_dir;"
+    " --nodes N: N such nodes with --redis on one real redis-server, behind a real haproxy"
+    " (deploy/haproxy/haproxy.cfg, one server line per node); workers connect through haproxy,"
+    " API calls go round-robin to the live nodes",
+    "node_kill": "--kill-node: SIGKILL the live node holding the most jobs (by the cluster directory in"
+    " Redis and each worker's GET /worker); reconnect = kill -> the worker's GET /worker shows a new"
+    " registered id; moved = kill -> ListDispatch shows the job on another worker id (polled every 50 ms)",
     "workers": "agentdispatch worker start bench/chaos/agents/chaos_agent.py: production, 2 idle processes,"
     " load 0, --max-jobs",
     "dispatches": "livekit-api CreateDispatch, one room each, JRP_ON_FAILURE, at most in_flight unfinished",
@@ -92,7 +98,21 @@ def _kills(run: FinishedRun) -> dict[str, Any]:
     }
 
 
-def build_result(run: FinishedRun, survivors: list[str], server_exit: int | None) -> dict[str, Any]:
+def _server(run: FinishedRun) -> dict[str, Any]:
+    servers = run.servers
+    first = servers.nodes[0] if servers.nodes else None
+    codes = servers.exit_codes
+    section: dict[str, Any] = {
+        "command": first.command if first else [],
+        "log": str(first.log_path) if first else "",
+        "exit_code": codes[0] if codes else None,
+    }
+    if servers.clustered:
+        section["cluster"] = servers.describe()
+    return section
+
+
+def build_result(run: FinishedRun, survivors: list[str]) -> dict[str, Any]:
     s, fleet = run.s, run.fleet
     outcomes = _outcomes(run)
     deaths = fleet.deaths if fleet else []
@@ -113,7 +133,8 @@ def build_result(run: FinishedRun, survivors: list[str], server_exit: int | None
         },
         "method": METHOD,
         "run_dir": str(run.run_dir),
-        "server": {"command": run.server.command, "log": str(run.server.log_path), "exit_code": server_exit},
+        "server": _server(run),
+        "node_kill": run.node_kill.report(list(run.index.attempts.values())) if run.node_kill else None,
         "timing": _timing(run),
         "machine": _machine(run),
         "lost": lost,
@@ -154,6 +175,12 @@ def chaos_table(result: dict[str, Any]) -> Table:
         f"{p['workers']} workers x max_jobs {p['max_jobs']}, {p['dispatches']} dispatches",
         f"in flight {p['in_flight']}, jobs {p['min_duration']:g}-{p['max_duration']:g}s, seed {p['seed']}",
     )
+    if p.get("nodes", 1) > 1:
+        table.add_row(
+            "cluster",
+            f"{p['nodes']} nodes on Redis behind haproxy",
+            "node kill: yes" if p.get("kill_node") else "no node kill",
+        )
     table.add_row(
         "server timers",
         f"grace {p['reconnect_grace']:g}s, offer {p['offer_timeout']:g}s,"
@@ -182,6 +209,8 @@ def chaos_table(result: dict[str, Any]) -> Table:
     table.add_row("double-run", _count(result["double_run"], True), "must be 0")
     table.add_row("first start", _seconds(result["first_start_ms"]), "CreateDispatch -> job process started")
     _resume_rows(table, result["resume"])
+    if result.get("node_kill"):
+        _node_kill_rows(table, result["node_kill"])
     _integrity_rows(table, result)
     t, m = result["timing"], result["machine"]
     table.add_row("time", f"{t['total_s']}s", f"dispatching {t['dispatch_phase_s']}s, tail {t['tail_s']}s")
@@ -205,6 +234,25 @@ def _resume_rows(table: Table, r: dict[str, Any]) -> None:
     )
     if r["not_resumed"]:
         table.add_row("killed, not resumed", str(sum(r["not_resumed"].values())), str(r["not_resumed"])[:90])
+
+
+def _node_kill_rows(table: Table, nk: dict[str, Any]) -> None:
+    table.add_row(
+        "node SIGKILL",
+        f"node {nk['node']} at dispatch {nk['at_dispatch']}",
+        f"{nk['workers_on_node']} worker(s), {nk['jobs_on_node']} job(s) on it",
+    )
+    table.add_row(
+        "workers back after node kill",
+        _seconds(nk["worker_reconnect_ms"]),
+        f"{nk['workers_reconnected']}/{nk['workers_on_node']} re-registered through haproxy",
+    )
+    table.add_row(
+        "jobs moved after node kill",
+        _seconds(nk["job_moved_ms"]),
+        f"{nk['jobs_moved']} moved ({nk['migrated']} migrated, {nk['restarted']} restarted),"
+        f" {nk['ended_before_moved']} ended first, {len(nk['not_seen_moved'])} not seen moved",
+    )
 
 
 def _integrity_rows(table: Table, result: dict[str, Any]) -> None:

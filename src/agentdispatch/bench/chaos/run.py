@@ -3,12 +3,15 @@
 One run:
 
 1. the server (`agentdispatch server --dev`, short timers) in its own process, its INFO log in the run
-   directory; K worker processes running `chaos_agent.py` (`agentdispatch worker start`, production mode);
+   directory — or, with `--nodes N`, a cluster of N nodes on a real Redis behind a real haproxy
+   (`servers.py`); K worker processes running `chaos_agent.py` (`agentdispatch worker start`,
+   production mode), connected to the server or through haproxy;
 2. D dispatches, each in its own room, at most `in_flight` unfinished at a time (the fleet's capacity by
    default, so jobs do not simply wait out the dispatch deadline); each job sleeps a random time taken
    from its metadata and records itself (`chaos_record`);
 3. meanwhile a driver SIGKILLs worker processes (each replaced at once by a new worker) and job processes,
-   at points spread over the run (by dispatches created, from a seeded plan);
+   at points spread over the run (by dispatches created, from a seeded plan); with `--kill-node`, one
+   cluster node is SIGKILLed too and the move of its workers and jobs is measured (`nodekill.py`);
 4. every open dispatch is polled with ListDispatch until it ends, bounded by `end_timeout` after the last
    CreateDispatch; then the fleet and the server stop and `chaos_analysis` accounts for everything.
 """
@@ -32,10 +35,12 @@ from livekit import api
 
 from ...testing.serverproc import ServerProcessSettings
 from ...util import TaskSet
-from .fleet import AGENT_FILE, Death, Fleet, FleetSettings, LoggedServerProcess, WorkerProc
+from .fleet import AGENT_FILE, Death, Fleet, FleetSettings, WorkerProc
 from .model import ChaosSettings, KillLog, Track, plan_kills
+from .nodekill import HeldWorker, NodeKillWatch, node_urls_of, worker_info
 from .record import job_metadata
 from .result import build_result
+from .servers import ChaosServers
 from .watch import AttemptIndex, kill_attempt_process
 
 API_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
@@ -59,13 +64,17 @@ class ChaosRun:
         self.tracks: list[Track] = []
         self.kills = KillLog()
         self.index = AttemptIndex(self.attempts_dir)
-        self.server = LoggedServerProcess(
+        self.servers = ChaosServers(
+            settings.nodes,
             ServerProcessSettings(log_level=settings.log_level, extra_args=settings.server_args()),
-            run_dir / "server.log",
+            run_dir,
         )
         self.fleet: Fleet | None = None
+        self.node_kill: NodeKillWatch | None = None
         self._tasks = TaskSet("chaos")
-        self._lk: api.LiveKitAPI | None = None
+        self._lks: dict[str, api.LiveKitAPI] = {}
+        #: held while a CreateDispatch is in flight: a node is killed between two, never during one
+        self._create_lock = asyncio.Lock()
         self._t0 = time.time()
         self.timeline: dict[str, float] = {}
         self._changed = asyncio.Event()
@@ -75,11 +84,15 @@ class ChaosRun:
     # -- the run ---------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         self.attempts_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.server.start)
-        self.log(f"server at {self.server.url} (log {self.server.log_path}); seed {self.seed}")
+        await asyncio.to_thread(self.servers.start)
+        nodes = ", ".join(n.url for n in self.servers.nodes)
+        self.log(f"server(s) {nodes}; workers connect to {self.servers.worker_url}; seed {self.seed}")
         fleet = self.fleet = Fleet(self._fleet_settings(), self.log)
         timeout = aiohttp.ClientTimeout(total=15)
-        self._lk = api.LiveKitAPI(self.server.url, "devkey", "secret", timeout=timeout, failover=False)
+        self._lks = {
+            n.url: api.LiveKitAPI(n.url, "devkey", "secret", timeout=timeout, failover=False)
+            for n in self.servers.nodes
+        }
         try:
             await fleet.start_workers(self.s.workers)
             self.log(f"{self.s.workers} workers registered; dispatching {self.s.dispatches}")
@@ -87,14 +100,15 @@ class ChaosRun:
         finally:
             await self._tasks.aclose()
             await fleet.stop_all()
-            server_exit = await asyncio.to_thread(self.server.stop)
-            await self._lk.aclose()
+            await asyncio.to_thread(self.servers.stop)
+            for lk in self._lks.values():
+                await lk.aclose()
         self.timeline["stopped"] = time.time()
-        return self._result(server_exit)
+        return self._result()
 
     def _fleet_settings(self) -> FleetSettings:
         return FleetSettings(
-            server_url=self.server.url,
+            server_url=self.servers.worker_url,
             run_dir=self.run_dir,
             max_jobs=self.s.max_jobs,
             log_level=self.s.log_level,
@@ -107,6 +121,8 @@ class ChaosRun:
         self._tasks.spawn(self._poll_loop(), "poll")
         self._tasks.spawn(self._progress_loop(), "progress")
         chaos = self._tasks.spawn(self._chaos(plan_kills(self.s, self.rng)), "kills")
+        if self.s.kill_node:
+            self._tasks.spawn(self._kill_node_at(int(self.s.dispatches * self.s.node_kill_at)), "node-kill")
         await self._dispatch_all()
         self.timeline["last_create"] = time.time()
         await self._wait_all_ended(self.timeline["last_create"] + self.s.end_timeout, chaos)
@@ -134,7 +150,8 @@ class ChaosRun:
             agent_name="chaos", room=track.room, metadata=job_metadata(str(self.attempts_dir), duration)
         )
         try:
-            track.dispatch_id = (await self._api().agent_dispatch.create_dispatch(request)).id
+            async with self._create_lock:
+                track.dispatch_id = (await self._api().agent_dispatch.create_dispatch(request)).id
         except API_ERRORS as exc:
             track.create_error = f"{type(exc).__name__}: {exc}"
             self.log(f"CreateDispatch {track.room} failed: {track.create_error}")
@@ -159,9 +176,10 @@ class ChaosRun:
         return True
 
     def _api(self) -> api.LiveKitAPI:
-        if self._lk is None:
+        """The client of the next live node (round-robin: dispatches enter through every node)."""
+        if not self._lks:
             raise RuntimeError("API client used before the run started")
-        return self._lk
+        return self._lks[self.servers.next_url()]
 
     # -- observation -----------------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
@@ -283,13 +301,50 @@ class ChaosRun:
             raise RuntimeError("fleet used before the run started")
         return self.fleet
 
+    # -- the node kill ---------------------------------------------------------------------------------
+    async def _kill_node_at(self, threshold: int) -> None:
+        await self._wait_until(self._created_at_least(threshold))
+        fleet, redis = self._fleet(), self.servers.redis
+        if redis is None:
+            raise RuntimeError("a node kill needs the cluster")
+        infos = {w.index: await asyncio.to_thread(worker_info, w) for w in fleet.live()}
+        ids = [str(i["id"]) for i in infos.values() if i and i.get("id")]
+        where = await node_urls_of(redis.url, ids)
+        held: dict[int, list[HeldWorker]] = {}
+        for w in fleet.live():
+            info = infos.get(w.index) or {}
+            node = self.servers.index_of(where.get(str(info.get("id")), ""))
+            if node is None or node not in self.servers.live():
+                continue
+            jobs = {str(j["id"]): str(j["room"]) for j in info.get("jobs", [])}
+            held.setdefault(node, []).append(HeldWorker(w, str(info["id"]), jobs))
+        if not held:
+            self.kills.skipped.append("node kill: no worker found in the cluster directory")
+            return
+        victim = max(held, key=lambda n: (sum(len(h.jobs) for h in held[n]), len(held[n]), self.rng.random()))
+        async with self._create_lock:
+            kill = await asyncio.to_thread(self.servers.kill, victim)
+        watch = self.node_kill = NodeKillWatch.of(
+            victim, kill.pid, kill.killed_at, len(self.tracks), held[victim]
+        )
+        self.log(
+            f"SIGKILL node {victim} (pid {kill.pid}): {len(watch.workers)} worker(s),"
+            f" {len(watch.jobs)} job(s) on it"
+        )
+        await watch.watch(lambda room: self._api().agent_dispatch.list_dispatch(room))
+        report = watch.report([])
+        self.log(
+            f"node {victim} kill: {report['workers_reconnected']}/{len(watch.workers)} workers back,"
+            f" {report['jobs_moved']}/{len(watch.jobs)} jobs seen moved"
+        )
+
     # -- result ----------------------------------------------------------------------------------------
-    def _result(self, server_exit: int | None) -> dict[str, Any]:
+    def _result(self) -> dict[str, Any]:
         self.index.refresh()
         survivors = self.index.survivors()
         for attempt in survivors:  # a job process that outlived the fleet: reported, then ended
             kill_attempt_process(attempt)
-        return build_result(self, [a.key for a in survivors], server_exit)
+        return build_result(self, [a.key for a in survivors])
 
 
 def default_json_path(now: float | None = None) -> Path:
