@@ -67,6 +67,9 @@ class ConnectionGuard:
         self._max = max_connections
         self._clock = clock
         self._conns: dict[asyncio.BaseProtocol, _Conn] = {}
+        #: the connections not handling a request: the only ones a sweep looks at (a worker's WebSocket is
+        #: one long request, so 50,000 connected workers cost the sweep nothing)
+        self._idle: dict[asyncio.BaseProtocol, _Conn] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.refused = 0
         self.timed_out = 0
@@ -87,7 +90,7 @@ class ConnectionGuard:
                 return _Refuse()
             proto = make()
             now = self._clock.monotonic()
-            self._conns[proto] = _Conn(now, now)
+            self._conns[proto] = self._idle[proto] = _Conn(now, now)
             return proto
 
         return build
@@ -96,19 +99,19 @@ class ConnectionGuard:
     async def middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        conn = self._conn_of(request)
+        proto: Any = request.protocol
+        conn = self._conns.get(proto)
         if conn is not None:
             conn.busy += 1
+            self._idle.pop(proto, None)
         try:
             return await handler(request)
         finally:
             if conn is not None:
                 conn.busy -= 1
                 conn.idle_since = self._clock.monotonic()
-
-    def _conn_of(self, request: web.Request) -> _Conn | None:
-        proto: Any = request.protocol
-        return self._conns.get(proto)
+                if conn.busy == 0 and proto in self._conns:
+                    self._idle[proto] = conn
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="connguard")
@@ -120,15 +123,19 @@ class ConnectionGuard:
 
     def sweep(self) -> None:
         now = self._clock.monotonic()
-        for proto, conn in list(self._conns.items()):
+        for proto, conn in list(self._idle.items()):
             transport: Any = getattr(proto, "transport", None)
             if transport is None or transport.is_closing():  # aiohttp drops it when the connection is lost
-                del self._conns[proto]
+                self._forget(proto)
                 continue
-            if conn.busy == 0 and now - conn.idle_since > self._header_timeout:
+            if now - conn.idle_since > self._header_timeout:
                 self.timed_out += 1
                 transport.abort()
-                del self._conns[proto]
+                self._forget(proto)
+
+    def _forget(self, proto: asyncio.BaseProtocol) -> None:
+        self._conns.pop(proto, None)
+        self._idle.pop(proto, None)
 
     async def aclose(self) -> None:
         if self._sweeper is not None:
