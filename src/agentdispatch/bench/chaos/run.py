@@ -304,20 +304,11 @@ class ChaosRun:
     # -- the node kill ---------------------------------------------------------------------------------
     async def _kill_node_at(self, threshold: int) -> None:
         await self._wait_until(self._created_at_least(threshold))
-        fleet, redis = self._fleet(), self.servers.redis
-        if redis is None:
-            raise RuntimeError("a node kill needs the cluster")
-        infos = {w.index: await asyncio.to_thread(worker_info, w) for w in fleet.live()}
-        ids = [str(i["id"]) for i in infos.values() if i and i.get("id")]
-        where = await node_urls_of(redis.url, ids)
-        held: dict[int, list[HeldWorker]] = {}
-        for w in fleet.live():
-            info = infos.get(w.index) or {}
-            node = self.servers.index_of(where.get(str(info.get("id")), ""))
-            if node is None or node not in self.servers.live():
-                continue
-            jobs = {str(j["id"]): str(j["room"]) for j in info.get("jobs", [])}
-            held.setdefault(node, []).append(HeldWorker(w, str(info["id"]), jobs))
+        held = await self._workers_by_node()
+        deadline = time.time() + 30.0  # like a worker kill: wait a while for a node holding a job
+        while not any(h.jobs for hs in held.values() for h in hs) and time.time() < deadline:
+            await asyncio.sleep(0.1)
+            held = await self._workers_by_node()
         if not held:
             self.kills.skipped.append("node kill: no worker found in the cluster directory")
             return
@@ -337,6 +328,24 @@ class ChaosRun:
             f"node {victim} kill: {report['workers_reconnected']}/{len(watch.workers)} workers back,"
             f" {report['jobs_moved']}/{len(watch.jobs)} jobs seen moved"
         )
+
+    async def _workers_by_node(self) -> dict[int, list[HeldWorker]]:
+        """Live node index -> the live workers whose socket it holds (the cluster directory in Redis)."""
+        fleet, redis = self._fleet(), self.servers.redis
+        if redis is None:
+            raise RuntimeError("a node kill needs the cluster")
+        infos = {w.index: await asyncio.to_thread(worker_info, w) for w in fleet.live()}
+        ids = [str(i["id"]) for i in infos.values() if i and i.get("id")]
+        where = await node_urls_of(redis.url, ids)
+        held: dict[int, list[HeldWorker]] = {}
+        for w in fleet.live():
+            info = infos.get(w.index) or {}
+            node = self.servers.index_of(where.get(str(info.get("id")), ""))
+            if node is None or node not in self.servers.live():
+                continue
+            jobs = {str(j["id"]): str(j["room"]) for j in info.get("jobs", [])}
+            held.setdefault(node, []).append(HeldWorker(w, str(info["id"]), jobs))
+        return held
 
     # -- result ----------------------------------------------------------------------------------------
     def _result(self) -> dict[str, Any]:

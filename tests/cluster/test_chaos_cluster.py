@@ -1,0 +1,99 @@
+"""`agentdispatch bench chaos --nodes 3 --kill-node`, run small: a real redis-server, three real nodes
+behind a real haproxy (the shipped config), four real worker processes connected through it; one node
+SIGKILLed, one worker SIGKILLed, two job processes SIGKILLed.
+
+It must account for every dispatch (none lost, none run twice at once), the node kill must really have
+happened (the node's pid gone, its exit -9) and really moved work: the workers it held came back through
+haproxy and their jobs were seen on their new worker ids (migrated) or restarted elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from agentdispatch.testing.services import require
+
+DISPATCHES = 80
+NODES = 3
+
+
+@pytest.fixture(scope="module")
+def cluster_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    require("redis-server", "redis-server")
+    require("haproxy", "haproxy")
+    out = tmp_path_factory.mktemp("chaos-cluster")
+    json_path = out / "chaos.json"
+    args = ["--nodes", str(NODES), "--kill-node", "--workers", "4", "--dispatches", str(DISPATCHES)]
+    args += ["--worker-kills", "1", "--job-kills", "2", "--seed", "11", "--max-duration", "3"]
+    args += ["--end-timeout", "45", "--json", str(json_path)]
+    command = [sys.executable, "-m", "agentdispatch", "bench", "chaos", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            popen.send_signal(signal.SIGTERM)  # the benchmark stops workers, nodes, haproxy, redis
+            stdout, stderr = popen.communicate(timeout=60)
+    proc = subprocess.CompletedProcess(command, popen.returncode, stdout, stderr)
+    assert json_path.exists(), proc.stdout + proc.stderr[-3000:]
+    return proc, json.loads(json_path.read_text())
+
+
+@pytest.mark.timeout(240)
+def test_cluster_chaos_with_a_node_kill_loses_nothing_and_runs_nothing_twice(
+    cluster_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    proc, result = cluster_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    counts = result["dispatches"]["counts"]
+    assert (result["lost"], result["double_run"], result["ok"]) == (0, 0, True), result["dispatches"]
+    assert counts["total"] == DISPATCHES and result["dispatches"]["not_created"] == 0
+    assert counts["success"] + counts["failed_with_reason"] == DISPATCHES, counts
+    assert result["integrity"]["survivors"] == [] and result["integrity"]["unexplained_attempt_ends"] == []
+    assert result["integrity"]["success_without_finished_attempt"] == []
+    assert result["workers"]["unexpected_exits"] == []
+    assert "node SIGKILL" in proc.stdout and "double-run" in proc.stdout  # the table was printed
+
+
+@pytest.mark.timeout(240)
+def test_the_node_kill_really_happened_and_moved_work(
+    cluster_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    _, result = cluster_run
+    cluster = result["server"]["cluster"]
+    (killed,) = cluster["killed"]
+    assert killed["exit_code"] == -signal.SIGKILL and not psutil.pid_exists(killed["pid"])
+    survivors = [i for i in range(NODES) if i != killed["index"]]
+    assert [cluster["exit_codes"][i] for i in survivors] == [0] * len(survivors)
+    nk = result["node_kill"]
+    assert nk["node"] == killed["index"] and nk["workers_on_node"] >= 1 and nk["jobs_on_node"] >= 1
+    assert nk["workers_reconnected"] >= 1, nk["details"]
+    assert nk["jobs_moved"] + nk["restarted"] >= 1, nk["details"]
+    assert nk["job_moved_ms"]["n"] == nk["jobs_moved"]
+    for move in nk["details"]["jobs"]:  # a moved job is on a worker id of a reconnected worker
+        if move["moved_at"] is not None:
+            assert move["new_worker"] != move["old_worker"]
+
+
+@pytest.mark.timeout(240)
+def test_dispatches_entered_through_every_node_and_workers_came_through_haproxy(
+    cluster_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+) -> None:
+    _, result = cluster_run
+    cluster = result["server"]["cluster"]
+    created = [Path(n["log"]).read_text().count("dispatch created") for n in cluster["nodes"]]
+    assert all(n > 0 for n in created) and sum(created) == DISPATCHES, created
+    haproxy_log = Path(cluster["haproxy_log"]).read_text()
+    # haproxy saw the killed node go down (its health check on GET /)
+    assert re.search(rf"node{cluster['killed'][0]['index'] + 1} is DOWN", haproxy_log), haproxy_log[-2000:]
+    assert result["kills"]["worker"]["done"] == 1
