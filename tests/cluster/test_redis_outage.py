@@ -85,3 +85,24 @@ async def _create_when_back(h: Any, room: str) -> api.AgentDispatch:
         except api.TwirpError as exc:
             assert exc.code == "unavailable" and loop.time() < end, f"service did not resume: {exc}"
             await asyncio.sleep(0.1)
+
+
+async def test_a_job_that_ends_while_redis_is_down_is_recorded_when_it_is_back(
+    durable_redis: RedisProcess, make_harness: Any
+) -> None:
+    h = await make_harness(redis_url=durable_redis.url, dispatch_deadline=20.0)
+    worker = await h.worker(agent_name="helper")
+    await h.api.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="helper", room="r"))
+    (assignment,) = await worker.wait_assignments(1)
+    job_id = assignment.job.id
+    durable_redis.stop()
+    await worker.finish(job_id, agent.JobStatus.JS_SUCCESS)
+    await h.wait_for(
+        lambda: any("status held" in r.getMessage() for r in _records(h)), timeout=15, what="the status held"
+    )
+    await worker.sync()  # the server still answers this worker: the socket was not cut
+    assert not worker.ws.closed
+    durable_redis.start()
+    await h.wait_job_status(job_id, agent.JobStatus.JS_SUCCESS)
+    (listed,) = await h.api.agent_dispatch.list_dispatch("r")
+    assert listed.state.jobs[0].state.status == agent.JobStatus.JS_SUCCESS

@@ -29,7 +29,7 @@ from .dispatcher import ENDED, Dispatcher
 from .events import EventBus, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind, WorkerSummary
 from .registry import WorkerRegistry
 from .session import WorkerSession
-from .store import Store
+from .store import Store, StoreUnavailable
 from .store_redis import RedisStore
 
 log = logging.getLogger("agentdispatch.server.cluster")
@@ -37,6 +37,7 @@ log = logging.getLogger("agentdispatch.server.cluster")
 JS_PENDING = agent.JobStatus.JS_PENDING
 _TOUCHES_LOAD = (JobEventKind.ASSIGNED, JobEventKind.ENDED, JobEventKind.MIGRATED, JobEventKind.OFFERED)
 REBALANCE_INTERVAL = 0.25
+HELD_RETRY_INTERVAL = 0.25
 
 
 class ClusteredDispatcher(Dispatcher):
@@ -61,6 +62,7 @@ class ClusteredDispatcher(Dispatcher):
         events.subscribe(self._republish)
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
         self._published: dict[str, tuple[float, bool]] = {}  # worker id -> (projection, eligible) sent
+        self._held_updates: list[tuple[WorkerSession, agent.UpdateJobStatus]] = []
 
     async def start(self, url: str = "") -> None:
         await self.cluster.start(url)
@@ -125,6 +127,34 @@ class ClusteredDispatcher(Dispatcher):
             if owner and self._registry.get(owner) is None:  # its worker is connected elsewhere
                 await self.cluster.relay_termination(job_id, owner)
         return await super().end_job(job_id, status, error, reason)
+
+    # -- Redis trouble: a worker's job status waits instead of cutting the worker ------------------------
+    async def on_job_update(self, worker: WorkerSession, update: agent.UpdateJobStatus) -> None:
+        """As the Dispatcher's, but while Redis is unreachable the update is held and applied when Redis
+        answers again (in order), instead of failing the worker's connection and losing the status."""
+        if self._held_updates:
+            self._held_updates.append((worker, update))
+            return
+        try:
+            await super().on_job_update(worker, update)
+        except StoreUnavailable as exc:
+            log.warning(
+                "Redis unavailable: job status held until it is back",
+                extra={"job_id": update.job_id, "worker_id": worker.id, "error": exc.msg},
+            )
+            self._held_updates.append((worker, update))
+            self._cluster_tasks.spawn(self._replay_held_updates(), "held-updates")
+
+    async def _replay_held_updates(self) -> None:
+        while self._held_updates:
+            worker, update = self._held_updates[0]
+            try:
+                await super().on_job_update(worker, update)
+            except StoreUnavailable:
+                await asyncio.sleep(HELD_RETRY_INTERVAL)
+                continue
+            self._held_updates.pop(0)
+            log.info("held job status applied", extra={"job_id": update.job_id, "worker_id": worker.id})
 
     # -- keeping the cluster's view current --------------------------------------------------------
     def _republish(self, event: object) -> None:
