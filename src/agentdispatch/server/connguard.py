@@ -28,6 +28,9 @@ REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: 32\r\n\r\nserver at its connection limit\r\n"
 )
+#: pending connections the kernel queues for accept() (capped by net.core.somaxconn). aiohttp's 128
+#: overflows when a fleet (re)connects at once: dropped SYNs are retried only after 1 s, 3 s, ...
+LISTEN_BACKLOG = 4096
 #: descriptors kept free for files, Redis and outgoing sockets when the cap is derived from the limit
 FD_RESERVE = 64
 
@@ -149,7 +152,7 @@ class GuardedSite(web.TCPSite):
     """A TCPSite whose connections go through a ConnectionGuard."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard) -> None:
-        super().__init__(runner, host, port, reuse_address=True)
+        super().__init__(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
         self._guard = guard
 
     async def start(self) -> None:

@@ -6,9 +6,10 @@ per process. Measured on the server process with psutil:
 
 - registrations/s: N / (last RegisterWorkerResponse - first connect), over all processes;
 - memory: server RSS after registration (and a settle) minus RSS before, / N, in KB per worker;
-- idle CPU, % of one core, over `window` seconds, twice: with pings only (one WorkerPing per worker
-  every `ping_every` s) and with status updates too (one UpdateWorkerStatus per worker every
-  `status_every` s, what livekit-agents sends).
+- idle CPU, % of one core, over `window` seconds, twice: silent (no frame at all, well inside the
+  90 s liveness window; a WorkerPing per worker every `ping_every` s if that is > 0) and with status
+  updates (one UpdateWorkerStatus per worker every `status_every` s, what livekit-agents sends: the
+  P4 target is judged on this one).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class IdleBenchSettings:
     #: seconds of each idle CPU window
     window: float = 10.0
     concurrency: int = 100
-    ping_every: float = 10.0
+    #: seconds between WorkerPings per worker; 0 = none (livekit-agents sends none, only status)
+    ping_every: float = 0.0
     status_every: float = 2.5
     agent_name: str = "idle"
     api_key: str = "devkey"
@@ -56,8 +58,8 @@ class IdleBenchSettings:
     def __post_init__(self) -> None:
         if self.idle_workers < 1 or not 1 <= self.processes <= 200:
             raise ConfigError("idle_workers must be >= 1 and processes between 1 and 200")
-        if self.window <= 0 or self.ping_every <= 0 or self.status_every <= 0 or self.concurrency < 1:
-            raise ConfigError("window, ping_every, status_every and concurrency must be > 0")
+        if self.window <= 0 or self.ping_every < 0 or self.status_every <= 0 or self.concurrency < 1:
+            raise ConfigError("window, status_every and concurrency must be > 0, ping_every >= 0")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -132,11 +134,11 @@ class IdleBench:
         time.sleep(SETTLE_SECONDS)
         gc.collect()
         rss_after = server.memory_info().rss
-        self.log(f"{registered} registered in {last - first:.1f} s; idle CPU, pings only: {s.window:g} s")
+        self.log(f"{registered} registered in {last - first:.1f} s; idle CPU, silent: {s.window:g} s")
         quiet = busy_cores(1.0)
-        pings = self._window(pid, clients, status=False, profile=s.profile_path)
+        silent = self._window(pid, clients, status=False, profile=None)
         self.log(f"idle CPU with a status update every {s.status_every:g} s per worker: {s.window:g} s")
-        status = self._window(pid, clients, status=True, profile=None)
+        status = self._window(pid, clients, status=True, profile=s.profile_path)
         return {
             "benchmark": "dispatch-idle",
             **environment(),
@@ -154,9 +156,9 @@ class IdleBench:
                 "server_rss_after_mb": round(rss_after / 2**20, 1),
                 "kb_per_worker": round((rss_after - rss_before) / 1024 / max(1, registered), 2),
             },
-            "idle_cpu": {"pings_only": pings, "with_status": status},
+            "idle_cpu": {"silent": silent, "with_status": status},
             "machine_busy_cores_before": quiet,
-            "targets": _targets(registered, last - first, rss_after - rss_before, pings),
+            "targets": _targets(registered, last - first, rss_after - rss_before, status),
             "profile": _profile(s.profile_path),
         }
 
@@ -178,18 +180,21 @@ class IdleBench:
         if recorder is not None:
             recorder.stop()
         busy = sum(machine1) - machine1.idle - sum(machine0) + machine0.idle
-        frames_per_s = s.idle_workers / s.ping_every + (s.idle_workers / s.status_every if status else 0.0)
+        pings = s.idle_workers / s.ping_every if s.ping_every > 0 else 0.0
+        frames_per_s = pings + (s.idle_workers / s.status_every if status else 0.0)
         return {
             "seconds": round(wall, 3),
             "server_cpu_percent_of_core": round(100.0 * server_cpu / wall, 3),
             "clients_cpu_percent_of_core": round(100.0 * clients_cpu / wall, 3),
             "machine_busy_cores": ratio(busy, wall),
             "frames_per_s_sent": round(frames_per_s, 1),
-            "server_cpu_us_per_frame": round(1e6 * server_cpu / (frames_per_s * wall), 2),
+            "server_cpu_us_per_frame": (
+                round(1e6 * server_cpu / (frames_per_s * wall), 2) if frames_per_s > 0 else None
+            ),
         }
 
 
-def _targets(registered: int, seconds: float, rss_delta: int, pings: dict[str, Any]) -> dict[str, Any]:
+def _targets(registered: int, seconds: float, rss_delta: int, status: dict[str, Any]) -> dict[str, Any]:
     per_s = registered / seconds if seconds > 0 else 0.0
     kb = rss_delta / 1024 / max(1, registered)
     return {
@@ -197,7 +202,7 @@ def _targets(registered: int, seconds: float, rss_delta: int, pings: dict[str, A
         "registrations_ge_2000_per_s": per_s >= REGISTRATIONS_PER_S_TARGET,
         # the target is stated at 10,000 workers; at other sizes it is reported, not judged
         "idle_cpu_le_3_percent_at_10000": (
-            pings["server_cpu_percent_of_core"] <= IDLE_CPU_PERCENT_TARGET if registered == 10_000 else None
+            status["server_cpu_percent_of_core"] <= IDLE_CPU_PERCENT_TARGET if registered == 10_000 else None
         ),
     }
 
@@ -205,7 +210,7 @@ def _targets(registered: int, seconds: float, rss_delta: int, pings: dict[str, A
 def _profile(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
-    summary: dict[str, Any] = {"path": str(path), "phase": "pings only"}
+    summary: dict[str, Any] = {"path": str(path), "phase": "with status"}
     if path.suffix == ".txt" and path.exists():
         summary.update(summarize_collapsed(path))
     return summary
@@ -228,7 +233,7 @@ def idle_table(result: dict[str, Any]) -> Table:
         f"{fmt_num(mem['kb_per_worker'], ' KB', 2)} per worker",
         f"RSS {mem['server_rss_before_mb']} -> {mem['server_rss_after_mb']} MB",
     )
-    for label, key in (("idle CPU, pings only", "pings_only"), ("idle CPU, with status", "with_status")):
+    for label, key in (("idle CPU, silent", "silent"), ("idle CPU, with status", "with_status")):
         w = result["idle_cpu"][key]
         frames = fmt_num(w["frames_per_s_sent"], " frames/s", 0)
         each = fmt_num(w["server_cpu_us_per_frame"], " us")
@@ -243,7 +248,11 @@ def idle_table(result: dict[str, Any]) -> Table:
     t = result["targets"]
     table.add_row("target <= 15 KB/worker", fmt_num(t["kb_per_worker_le_15"]), f"{TARGETS_DOC}: P4")
     table.add_row("target >= 2000 reg/s", fmt_num(t["registrations_ge_2000_per_s"]), "P4")
-    table.add_row("target idle <= 3 %", fmt_num(t["idle_cpu_le_3_percent_at_10000"]), "P4, at 10,000 workers")
+    table.add_row(
+        "target idle <= 3 %",
+        fmt_num(t["idle_cpu_le_3_percent_at_10000"]),
+        "P4, with status, at 10,000 workers",
+    )
     profile = result.get("profile")
     if profile and profile.get("top_self"):
         for entry in profile["top_self"][:8]:

@@ -1,18 +1,20 @@
 """One client process of the idle-fleet benchmark: many registered workers that take no jobs.
 
-A worker here is a WebSocket and a reader task, nothing more (no SimWorker: at 50,000 workers the
-load generator must stay light). Registration bodies, the worker token and the periodic frames are
-made once per process. One ticker task per process sends the periodic traffic, spread evenly: a
-WorkerPing per worker every `ping_every` seconds, and with status on an UpdateWorkerStatus per
-worker every `status_every` seconds (what livekit-agents sends, 2.5 s). Each process connects from
-its own loopback source address (127.0.0.<2+index>), so 50,000 sockets to one server port do not
-run out of ephemeral ports. Times are `time.perf_counter()` (CLOCK_MONOTONIC, one clock for all
-processes of the machine).
+A worker here is a raw socket and a small asyncio.Protocol (no aiohttp, no SimWorker): at 50,000
+workers the load generator must stay light, so registrations/s measure the server. The upgrade
+request, the worker token, the register frame and the status frame are made once per process
+(client frames are masked with key 0, which leaves the payload as is). One ticker task per process
+sends the periodic traffic, spread evenly: with status on, an UpdateWorkerStatus per worker every
+`status_every` seconds (what livekit-agents sends, 2.5 s); a WorkerPing every `ping_every` seconds
+when that is > 0. Each process connects from its own loopback source address (127.0.0.<2+index>),
+so 50,000 sockets to one server port do not run out of ephemeral ports. Times are
+`time.perf_counter()` (CLOCK_MONOTONIC, one clock for all processes of the machine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import resource
 import time
@@ -20,14 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from livekit import api
 from livekit.protocol import agent
 
 from ...protocol import decode_server_message
 from ...protocol.jwt_warnings import ignore_short_hmac_key_warning
-from ...protocol.urls import agent_ws_url
 
 TICK = 0.05
 
@@ -60,45 +61,134 @@ def raise_nofile(need: int) -> int:
     return soft
 
 
+def client_frame(payload: bytes) -> bytes:
+    """A masked binary WebSocket frame, as a client must send it (mask key 0: the payload stays as is)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x82, 0x80 | size))
+    elif size < 1 << 16:
+        header = bytes((0x82, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x82, 0x80 | 127)) + size.to_bytes(8, "big")
+    return header + b"\0\0\0\0" + payload
+
+
+def _first_frame(data: bytes) -> bytes | None:
+    """The payload of the first complete server frame in `data` (unmasked), or None if incomplete."""
+    if len(data) < 2:
+        return None
+    size, offset = data[1] & 0x7F, 2
+    if size == 126:
+        size, offset = int.from_bytes(data[2:4], "big"), 4
+    elif size == 127:
+        size, offset = int.from_bytes(data[2:10], "big"), 10
+    if len(data) < offset + size:
+        return None
+    return data[offset : offset + size]
+
+
+class IdleWorker(asyncio.Protocol):
+    """One worker on a raw socket: upgrade, register, then only write what the ticker hands it.
+
+    What the server sends after the register response (nothing, for an idle worker, but pongs) is
+    counted and dropped: a worker costs the load generator a transport and this object.
+    """
+
+    def __init__(self, upgrade: bytes, register: bytes, done: asyncio.Future[None]) -> None:
+        self._upgrade = upgrade
+        self._register = register
+        self._done = done
+        self._buffer = b""
+        self._stage = 0  # 0: upgrading, 1: registering, 2: registered
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._upgrade)
+
+    def data_received(self, data: bytes) -> None:
+        if self._stage == 2:
+            self.received += 1
+            return
+        self._buffer += data
+        if self._stage == 0:
+            head, sep, rest = self._buffer.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            if not head.startswith(b"HTTP/1.1 101"):
+                self._fail(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+                return
+            self._buffer, self._stage = rest, 1
+            assert self.transport is not None
+            self.transport.write(self._register)
+        payload = _first_frame(self._buffer)
+        if payload is None:
+            return
+        self._buffer, self._stage = b"", 2
+        if not decode_server_message(payload).HasField("register"):
+            self._fail("first frame is not the register response")
+        elif not self._done.done():
+            self._done.set_result(None)
+
+    def _fail(self, why: str) -> None:
+        if not self._done.done():
+            self._done.set_exception(RuntimeError(why))
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._fail("connection lost")
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(frame)
+
+
 class IdleFleet:
     def __init__(self, plan: IdlePlan) -> None:
         self.plan = plan
-        self.sockets: list[aiohttp.ClientWebSocketResponse] = []
-        self.readers: list[asyncio.Task[None]] = []
+        self.workers: list[IdleWorker] = []
         self.errors: list[str] = []
-        self.frames_received = 0
-        self.closed_by_server = 0
-        self._session: aiohttp.ClientSession | None = None
         self._ticker: asyncio.Task[None] | None = None
         token = api.AccessToken(plan.api_key, plan.api_secret).with_grants(api.VideoGrants(agent=True))
-        self._headers = {"Authorization": f"Bearer {token.to_jwt()}"}
+        url = urlsplit(plan.url)
+        self._host, self._port = url.hostname or "127.0.0.1", url.port or 80
+        key = base64.b64encode(b"agentdispatch-ws").decode()
+        self._upgrade = (
+            f"GET /agent HTTP/1.1\r\nHost: {self._host}:{self._port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token.to_jwt()}\r\n\r\n"
+        ).encode()
         register = agent.RegisterWorkerRequest(
             type=agent.JobType.JT_ROOM, agent_name=plan.agent_name, version="idle"
         )
-        self._register = agent.WorkerMessage(register=register).SerializeToString()
+        self._register = client_frame(agent.WorkerMessage(register=register).SerializeToString())
         status = agent.UpdateWorkerStatus(load=0.0, status=agent.WorkerStatus.WS_AVAILABLE, job_count=0)
-        self._status = agent.WorkerMessage(update_worker=status).SerializeToString()
+        self._status = client_frame(agent.WorkerMessage(update_worker=status).SerializeToString())
 
     def _ping(self) -> bytes:
         ping = agent.WorkerPing(timestamp=time.time_ns() // 1_000_000)
-        return agent.WorkerMessage(ping=ping).SerializeToString()
+        return client_frame(agent.WorkerMessage(ping=ping).SerializeToString())
 
     async def register(self) -> dict[str, Any]:
         plan = self.plan
         limit = raise_nofile(plan.workers + 512)
-        connector = aiohttp.TCPConnector(limit=0, local_addr=(f"127.0.0.{2 + plan.index}", 0))
-        self._session = aiohttp.ClientSession(connector=connector)
         slots = asyncio.Semaphore(plan.concurrency)
         started = time.perf_counter()
         done: list[float] = []
 
         async def one() -> None:
             async with slots:
-                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, RuntimeError):
+                try:
                     await self._register_one()
-                    done.append(time.perf_counter())
+                except (OSError, TimeoutError, RuntimeError) as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
                     return
-                self.errors.append("registration failed")
+                done.append(time.perf_counter())
 
         await asyncio.gather(*(one() for _ in range(plan.workers)))
         return {
@@ -106,58 +196,44 @@ class IdleFleet:
             "started": started,
             "last": max(done, default=started),
             "errors": len(self.errors),
+            "error_examples": self.errors[:3],
             "nofile": limit,
         }
 
     async def _register_one(self) -> None:
-        if self._session is None:
-            raise RuntimeError("no session")
-        ws = await self._session.ws_connect(agent_ws_url(self.plan.url), headers=self._headers)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        source = (f"127.0.0.{2 + self.plan.index}", 0)
+        _, worker = await loop.create_connection(
+            lambda: IdleWorker(self._upgrade, self._register, done), self._host, self._port, local_addr=source
+        )
         try:
-            await ws.send_bytes(self._register)
-            frame = await ws.receive(timeout=60)
-            msg = decode_server_message(frame.data)
-            if not msg.HasField("register"):
-                raise RuntimeError(f"expected register, got {msg.WhichOneof('message')}")
+            await asyncio.wait_for(done, 60.0)
         except BaseException:
-            await ws.close()
+            if worker.transport is not None:
+                worker.transport.close()
             raise
-        self.sockets.append(ws)
-        self.readers.append(asyncio.get_running_loop().create_task(self._drain(ws), name="idle-reader"))
-
-    async def _drain(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for frame in ws:
-            if frame.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                break
-            self.frames_received += 1
-        if ws.close_code is not None:
-            self.closed_by_server += 1
+        self.workers.append(worker)
 
     async def traffic(self, status: bool) -> dict[str, Any]:
-        """(Re)start the periodic frames: pings always, status updates when `status`."""
+        """(Re)start the periodic frames: pings if `ping_every` > 0, status updates when `status`."""
         await self._stop_ticker()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(status), name="idle-ticker")
-        return {"open": sum(1 for ws in self.sockets if not ws.closed), "received": self.frames_received}
+        return {"open": sum(1 for w in self.workers if not w.lost)}
 
     async def _tick(self, status: bool) -> None:
         """Each tick sends its share so that every worker gets one frame of each kind per period."""
-        n = len(self.sockets)
+        n = len(self.workers)
         pings = _Spread(n, self.plan.ping_every)
         statuses = _Spread(n, self.plan.status_every)
         while True:
             await asyncio.sleep(TICK)
             ping = self._ping()
             for i in pings.due():
-                await self._send(i, ping)
+                self.workers[i].send(ping)
             if status:
                 for i in statuses.due():
-                    await self._send(i, self._status)
-
-    async def _send(self, i: int, data: bytes) -> None:
-        ws = self.sockets[i]
-        if not ws.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_bytes(data)
+                    self.workers[i].send(self._status)
 
     async def _stop_ticker(self) -> None:
         task, self._ticker = self._ticker, None
@@ -168,16 +244,13 @@ class IdleFleet:
 
     async def aclose(self) -> dict[str, Any]:
         await self._stop_ticker()
-        open_now = sum(1 for ws in self.sockets if not ws.closed)
-        closed_early = self.closed_by_server
-        for i in range(0, len(self.sockets), 500):
-            await asyncio.gather(*(ws.close() for ws in self.sockets[i : i + 500]), return_exceptions=True)
-        for task in self.readers:
-            task.cancel()
-        await asyncio.gather(*self.readers, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-        return {"open": open_now, "closed_by_server": closed_early, "received": self.frames_received}
+        open_now = sum(1 for w in self.workers if not w.lost)
+        received = sum(w.received for w in self.workers)
+        for worker in self.workers:
+            if worker.transport is not None:
+                worker.transport.close()
+        await asyncio.sleep(0.1)
+        return {"open": open_now, "closed_by_server": len(self.workers) - open_now, "received": received}
 
 
 class _Spread:
@@ -192,7 +265,7 @@ class _Spread:
 
     def due(self) -> list[int]:
         now = time.perf_counter()
-        if self._n == 0 or self._period <= 0:
+        if self._n == 0 or self._period <= 0:  # a period of 0: never
             return []
         self._credit += self._n * (now - self._last) / self._period
         self._last = now
