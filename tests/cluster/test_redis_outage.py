@@ -98,7 +98,7 @@ async def test_a_job_that_ends_while_redis_is_down_is_recorded_when_it_is_back(
     durable_redis.stop()
     await worker.finish(job_id, agent.JobStatus.JS_SUCCESS)
     await h.wait_for(
-        lambda: any("status held" in r.getMessage() for r in _records(h)), timeout=15, what="the status held"
+        lambda: any("frame held" in r.getMessage() for r in _records(h)), timeout=15, what="the status held"
     )
     await worker.sync()  # the server still answers this worker: the socket was not cut
     assert not worker.ws.closed
@@ -106,3 +106,29 @@ async def test_a_job_that_ends_while_redis_is_down_is_recorded_when_it_is_back(
     await h.wait_job_status(job_id, agent.JobStatus.JS_SUCCESS)
     (listed,) = await h.api.agent_dispatch.list_dispatch("r")
     assert listed.state.jobs[0].state.status == agent.JobStatus.JS_SUCCESS
+
+
+async def test_migrate_job_while_redis_is_down_keeps_the_job_and_the_socket(
+    durable_redis: RedisProcess, make_harness: Any
+) -> None:
+    h = await make_harness(redis_url=durable_redis.url, dispatch_deadline=20.0)
+    worker = await h.worker(agent_name="helper")
+    await h.api.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="helper", room="r"))
+    (assignment,) = await worker.wait_assignments(1)
+    job_id = assignment.job.id
+    durable_redis.stop()
+    await worker.send(agent.WorkerMessage(migrate_job=agent.MigrateJobRequest(job_ids=[job_id])))
+    await h.wait_for(
+        lambda: any("frame held" in r.getMessage() for r in _records(h)), timeout=15, what="migrate held"
+    )
+    await worker.sync()
+    durable_redis.start()
+    await h.wait_for(
+        lambda: any("held worker frame applied" in r.getMessage() for r in _records(h)),
+        timeout=20,
+        what="the migration applied",
+    )
+    assert worker.received.terminations == []
+    (listed,) = await h.api.agent_dispatch.list_dispatch("r")
+    job = listed.state.jobs[0]
+    assert job.state.status == agent.JobStatus.JS_RUNNING and job.state.worker_id == worker.id

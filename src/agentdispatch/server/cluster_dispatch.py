@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from livekit.protocol import agent
 
@@ -62,7 +62,7 @@ class ClusteredDispatcher(Dispatcher):
         events.subscribe(self._republish)
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
         self._published: dict[str, tuple[float, bool]] = {}  # worker id -> (projection, eligible) sent
-        self._held_updates: list[tuple[WorkerSession, agent.UpdateJobStatus]] = []
+        self._held: list[tuple[Callable[[], Awaitable[None]], str, str]] = []
 
     async def start(self, url: str = "") -> None:
         await self.cluster.start(url)
@@ -128,33 +128,43 @@ class ClusteredDispatcher(Dispatcher):
                 await self.cluster.relay_termination(job_id, owner)
         return await super().end_job(job_id, status, error, reason)
 
-    # -- Redis trouble: a worker's job status waits instead of cutting the worker ------------------------
+    # -- Redis trouble: a worker's job status or migrate_job waits instead of cutting the worker -----------
     async def on_job_update(self, worker: WorkerSession, update: agent.UpdateJobStatus) -> None:
         """As the Dispatcher's, but while Redis is unreachable the update is held and applied when Redis
         answers again (in order), instead of failing the worker's connection and losing the status."""
-        if self._held_updates:
-            self._held_updates.append((worker, update))
+        await self._or_hold(lambda: super(ClusteredDispatcher, self).on_job_update(worker, update),
+                            update.job_id, worker.id)  # fmt: skip
+
+    async def migrate(self, worker: WorkerSession, req: agent.MigrateJobRequest) -> None:
+        """As the Dispatcher's; while Redis is unreachable the worker keeps running its jobs and the
+        migration is applied when Redis is back."""
+        job_ids = ",".join(req.job_ids)
+        await self._or_hold(lambda: super(ClusteredDispatcher, self).migrate(worker, req), job_ids, worker.id)
+
+    async def _or_hold(self, apply: Callable[[], Awaitable[None]], job_id: str, worker_id: str) -> None:
+        if self._held:
+            self._held.append((apply, job_id, worker_id))  # keep the order of what this node was told
             return
         try:
-            await super().on_job_update(worker, update)
+            await apply()
         except StoreUnavailable as exc:
             log.warning(
-                "Redis unavailable: job status held until it is back",
-                extra={"job_id": update.job_id, "worker_id": worker.id, "error": exc.msg},
+                "Redis unavailable: worker frame held until it is back",
+                extra={"job_id": job_id, "worker_id": worker_id, "error": exc.msg},
             )
-            self._held_updates.append((worker, update))
-            self._cluster_tasks.spawn(self._replay_held_updates(), "held-updates")
+            self._held.append((apply, job_id, worker_id))
+            self._cluster_tasks.spawn(self._replay_held(), "held-frames")
 
-    async def _replay_held_updates(self) -> None:
-        while self._held_updates:
-            worker, update = self._held_updates[0]
+    async def _replay_held(self) -> None:
+        while self._held:
+            apply, job_id, worker_id = self._held[0]
             try:
-                await super().on_job_update(worker, update)
+                await apply()
             except StoreUnavailable:
                 await asyncio.sleep(HELD_RETRY_INTERVAL)
                 continue
-            self._held_updates.pop(0)
-            log.info("held job status applied", extra={"job_id": update.job_id, "worker_id": worker.id})
+            self._held.pop(0)
+            log.info("held worker frame applied", extra={"job_id": job_id, "worker_id": worker_id})
 
     # -- keeping the cluster's view current --------------------------------------------------------
     def _republish(self, event: object) -> None:
