@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from agentdispatch.bench.chaos.model import ChaosSettings, plan_kills
 from agentdispatch.bench.chaos.record import Attempt, job_metadata, parse_job_metadata, write_attempt
 from agentdispatch.bench.chaos.watch import AttemptIndex
 from agentdispatch.protocol import ConfigError
+from agentdispatch.testing.services import CpuBurners
 
 DISPATCHES = 60
 JOB_KILLS = 4
@@ -45,24 +47,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def small_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    out = tmp_path_factory.mktemp("chaos")
+def _run_small(out: Path, timeout: float = 120.0) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     json_path = out / "chaos.json"
     args = ["--workers", "3", "--dispatches", str(DISPATCHES), "--worker-kills", "1"]
     args += ["--job-kills", str(JOB_KILLS), "--seed", "7", "--end-timeout", "30", "--json", str(json_path)]
     command = [sys.executable, "-m", "agentdispatch", "bench", "chaos", *args]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
         try:
-            stdout, stderr = popen.communicate(timeout=120)
+            stdout, stderr = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             popen.send_signal(signal.SIGTERM)  # the benchmark stops its workers and server on SIGTERM
             stdout, stderr = popen.communicate(timeout=60)
     proc = subprocess.CompletedProcess(command, popen.returncode, stdout, stderr)
     assert json_path.exists(), proc.stdout + proc.stderr
     return proc, json.loads(json_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def small_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    return _run_small(tmp_path_factory.mktemp("chaos"))
 
 
 @pytest.mark.timeout(240)
@@ -114,6 +119,36 @@ def test_small_chaos_run_leaves_no_process_and_no_loose_end(
     assert result["server"]["exit_code"] == 0
     json.dumps(result, allow_nan=False)  # strict JSON
     assert Path(result["server"]["log"]).read_text().count("dispatch created") == DISPATCHES
+
+
+# -- the same run on an overloaded machine ------------------------------------------------------------
+@pytest.mark.timeout(400)
+def test_small_chaos_run_on_an_overloaded_machine_still_loses_nothing_and_runs_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """Issue 8 item 6: never two at once, even on a loaded box. 2 x cores processes spin on the CPU
+    for the whole run (each ends by itself within 300 s if this test dies), so every process of the
+    run (server, workers, job processes, the driver) waits for the scheduler. Correctness must not
+    rest on timing: no dispatch lost, no job running twice at once, no job process left over."""
+    burners = CpuBurners(2 * (os.cpu_count() or 1), seconds=300)
+    with burners:
+        assert all(_alive(pid) for pid in burners.pids)
+        proc, result = _run_small(tmp_path, timeout=240)
+        load = result["machine"]
+    assert not [pid for pid in burners.pids if _alive(pid)]
+    assert (result["lost"], result["double_run"]) == (0, 0), (
+        result["double_runs"],
+        result["dispatches"],
+        load,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    counts = result["dispatches"]["counts"]
+    assert counts["success"] + counts["failed_with_reason"] == DISPATCHES, counts
+    integ = result["integrity"]
+    assert integ["survivors"] == [] and integ["unexplained_attempt_ends"] == [], integ
+    assert integ["success_without_finished_attempt"] == []
+    assert result["kills"]["worker"]["done"] == 1 and result["resume"]["resumed"] >= 1
+    assert not [pid for pid in result["workers"]["pids"] if _alive(pid)]
 
 
 # -- the accounting, on made-up runs ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -224,3 +225,57 @@ class HaproxyProcess(_Service):
     def __enter__(self) -> HaproxyProcess:
         self.start()
         return self
+
+
+class CpuBurners:
+    """N processes spinning on the CPU (a `stress`-like load), each ending by itself after `seconds`.
+
+    For tests that must hold on an overloaded machine: `with CpuBurners(2 * os.cpu_count()): ...`.
+    Leaving the block SIGKILLs every burner still running; the time bound covers a test that dies
+    without leaving it.
+    """
+
+    SPIN = (
+        "import sys, time\n"
+        "end = time.monotonic() + float(sys.argv[1])\n"
+        "while time.monotonic() < end:\n"
+        "    pass\n"
+    )
+
+    def __init__(self, count: int, seconds: float = 300.0) -> None:
+        if count < 1 or seconds <= 0:
+            raise HarnessError("CpuBurners needs count >= 1 and seconds > 0")
+        self.count = count
+        self.seconds = seconds
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def start(self) -> None:
+        for _ in range(self.count):
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", self.SPIN, str(self.seconds)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+
+    def stop(self) -> None:
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in procs:
+            proc.wait(10)
+
+    def __enter__(self) -> CpuBurners:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
