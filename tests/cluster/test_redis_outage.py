@@ -132,3 +132,34 @@ async def test_migrate_job_while_redis_is_down_keeps_the_job_and_the_socket(
     (listed,) = await h.api.agent_dispatch.list_dispatch("r")
     job = listed.state.jobs[0]
     assert job.state.status == agent.JobStatus.JS_RUNNING and job.state.worker_id == worker.id
+
+
+async def test_a_job_dropped_half_way_by_a_store_failure_is_placed_again(
+    durable_redis: RedisProcess, make_harness: Any
+) -> None:
+    """Redis fails exactly while an accepted offer is being recorded: the job must not be lost."""
+    h = await make_harness(redis_url=durable_redis.url, dispatch_deadline=20.0)
+    store = h.server.store
+    real_update = store.update_job
+    failed: list[str] = []
+
+    async def update_failing_once(job: agent.Job) -> None:
+        if job.state.status == agent.JobStatus.JS_RUNNING and not failed:
+            failed.append(job.id)
+            raise StoreUnavailable("store (Redis) unavailable: injected")
+        await real_update(job)
+
+    store.update_job = update_failing_once  # type: ignore[method-assign]
+    first = await h.worker(agent_name="helper")
+    await h.api.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="helper", room="r"))
+    await h.wait_for(lambda: failed, what="the assignment write to fail")
+    second = await h.worker(agent_name="helper")
+    await h.wait_for(
+        lambda: first.received.assignments or second.received.assignments,
+        timeout=20,
+        what="the job placed again",
+    )
+    assert any("placing it again" in r.getMessage() for r in _records(h))
+    (listed,) = await h.api.agent_dispatch.list_dispatch("r")
+    assert [j.id for j in listed.state.jobs] == failed
+    assert listed.state.jobs[0].state.status == agent.JobStatus.JS_RUNNING

@@ -151,6 +151,10 @@ class ClusterNode:
                 self._acks.append(held)
                 self._publish_wakeup.set()
 
+    def held_jobs(self) -> list[str]:
+        """Jobs whose hand-off this node holds pending (not yet assigned or ended)."""
+        return list(self._unacked)
+
     def release(self, job_id: str) -> None:
         """This node no longer holds the job (moved on with a new hand-off): acknowledge its entry."""
         held = self._unacked.pop(job_id, None)

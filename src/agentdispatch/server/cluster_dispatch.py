@@ -63,6 +63,7 @@ class ClusteredDispatcher(Dispatcher):
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
         self._published: dict[str, tuple[float, bool]] = {}  # worker id -> (projection, eligible) sent
         self._held: list[tuple[Callable[[], Awaitable[None]], str, str]] = []
+        self._suspects: set[str] = set()  # held hand-offs not waiting here at the last check
 
     async def start(self, url: str = "") -> None:
         await self.cluster.start(url)
@@ -197,8 +198,22 @@ class ClusteredDispatcher(Dispatcher):
             await asyncio.sleep(REBALANCE_INTERVAL)
             try:
                 await self._rebalance()
+                await self._recover_dropped()
             except REDIS_DOWN as exc:
                 log.warning("rebalance skipped", extra={"node_id": self.cluster.node_id, "error": str(exc)})
+
+    async def _recover_dropped(self) -> None:
+        """A job this node holds a hand-off for, but neither waits here nor was assigned or ended (a
+        step failed half-way, e.g. Redis went away while an offer was being accepted): place it again.
+        Seen twice in a row first, so a job between its hand-off and its admission is left alone."""
+        held = {j for j in self.cluster.held_jobs() if not self.is_pending(j)}
+        suspects, self._suspects = held & self._suspects, held
+        for job_id in suspects:
+            job = await self._store.get_job(job_id)
+            if job is None or job.state.status in ENDED or job.state.worker_id or self.is_pending(job_id):
+                continue
+            log.warning("job lost its place here; placing it again", extra={"job_id": job_id})
+            await self.take(job, None, bool(job.state.reason == agent.JobStateReason.JSR_RETRYING), "")
 
     async def _rebalance(self) -> None:
         """Queued here, but an eligible worker exists on another node: move the job there."""
