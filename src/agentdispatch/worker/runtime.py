@@ -335,6 +335,8 @@ class Worker:
             self.slots.release(job.id)
             self.offers.declined[answer.why or "declined"] += 1
             self._changed()
+        if answer.available and self.refusal() is not None:
+            await self._send_status()  # FULL reaches the server before the acceptance that filled us
         if not await self._answer(job.id, answer) and job.id in self._awaiting:
             self._awaiting.pop(job.id).timer.cancel()
             self.slots.release(job.id)

@@ -121,6 +121,7 @@ def _note(msg: ParentMessage) -> None:
 
 
 PR_SET_PDEATHSIG = 1
+REHEARSALS = 20  # > CPython 3.11's specialisation warm-up (8 runs)
 PRELOAD_MODULE = "agentdispatch.worker.child.preload"  # loaded only in (and inherited from) our forkserver
 
 
@@ -284,6 +285,20 @@ async def _rehearse(proc: Any) -> None:
     await ctx._tasks.aclose()
 
 
+def rehearse_in_forkserver(times: int = REHEARSALS) -> None:
+    """Run the job start path a few times in the forkserver (its own loop, closed after), so that what the
+    first runs initialise or specialise (CPython 3.11 rewrites hot bytecode in place) is done once there and
+    shared by every job process, instead of written into each one's memory on its start path."""
+    from .context import JobProcess
+
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(times):
+            loop.run_until_complete(_rehearse(JobProcess(pid=0)))
+    finally:
+        loop.close()
+
+
 def main(conn: Connection, config: ChildConfig) -> None:
     channel = Channel(conn)
     _setup(config, channel)
@@ -298,7 +313,7 @@ def main(conn: Connection, config: ChildConfig) -> None:
         _exit(1)
     loop = asyncio.new_event_loop()  # created now, not on the job start path
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(_rehearse(proc))
+    loop.run_until_complete(_rehearse(proc))  # the pages the start path writes are copied now, not then
     gc.freeze()  # what prewarm built is never traversed by a collection on the job start path
     _report_init(channel, InitDone(), config.parent_pid)
     msg = inbox.get()

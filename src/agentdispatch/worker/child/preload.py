@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -35,12 +36,31 @@ from ..refs import load_module_from_path
 MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
 
 
+def _guarded(main: dict[str, Any]) -> bool:
+    """Run the main here only if it keeps its program under `if __name__ == "__main__":` (as job processes
+    require); a main without the guard would run its program in the forkserver. Job processes then import
+    it themselves, as multiprocessing does."""
+    path = main.get("init_main_from_path")
+    if not isinstance(path, str):
+        name = main.get("init_main_from_name")
+        if not isinstance(name, str) or name.endswith("__main__"):  # multiprocessing skips those too
+            return False
+        spec = importlib.util.find_spec(name)
+        path = spec.origin if spec is not None else None
+    try:
+        with open(str(path), encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return False
+    return "__main__" in source
+
+
 def _load(payload: dict[str, Any]) -> None:
     for path in payload.get("sys_path") or []:
         if isinstance(path, str) and path not in sys.path:
             sys.path.append(path)
     main = payload.get("main") or {}
-    if isinstance(main, dict) and main:
+    if isinstance(main, dict) and main and _guarded(main):
         current = process.current_process()
         current._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing's own preload does
         try:
