@@ -20,7 +20,13 @@ from typing import Any
 import psutil
 import pytest
 
-from agentdispatch.testing.services import require
+from agentdispatch.bench.chaos.fleet import WorkerProc
+from agentdispatch.bench.chaos.model import ChaosSettings
+from agentdispatch.bench.chaos.nodekill import HeldWorker, NodeKillWatch
+from agentdispatch.bench.chaos.record import Attempt
+from agentdispatch.bench.chaos.servers import HAPROXY_CFG, haproxy_config
+from agentdispatch.protocol import ConfigError
+from agentdispatch.testing.services import HaproxyProcess, require
 
 DISPATCHES = 80
 NODES = 3
@@ -97,3 +103,59 @@ def test_dispatches_entered_through_every_node_and_workers_came_through_haproxy(
     # haproxy saw the killed node go down (its health check on GET /)
     assert re.search(rf"node{cluster['killed'][0]['index'] + 1} is DOWN", haproxy_log), haproxy_log[-2000:]
     assert result["kills"]["worker"]["done"] == 1
+
+
+def test_the_haproxy_config_for_n_nodes_is_the_shipped_one_with_n_server_lines() -> None:
+    binary = require("haproxy", "haproxy")
+    config = haproxy_config(HAPROXY_CFG.read_text(), 5)
+    servers = [line.split()[1] for line in config.splitlines() if line.strip().startswith("server ")]
+    assert servers == [f"node{k}" for k in range(1, 6)]
+    assert "http-check send meth GET uri /" in config and "timeout tunnel" in config
+    env = {"AD_BIND": "127.0.0.1:7880"} | {f"AD_NODE{k}": f"10.0.0.{k}:7880" for k in range(1, 6)}
+    proxy = HaproxyProcess(config, 7880, binary, env)
+    try:
+        proxy.check()  # haproxy -c accepts it
+    finally:
+        proxy.close()
+
+
+def test_a_node_kill_report_tells_migrated_restarted_and_ended_first_apart() -> None:
+    worker = WorkerProc(0, subprocess.Popen(["true"]), "http://127.0.0.1:9", 0.0)
+    worker.popen.wait()
+    held = [HeldWorker(worker, "AW_old", {"AJ_a": "r-a", "AJ_b": "r-b", "AJ_c": "r-c", "AJ_d": "r-d"})]
+    watch = NodeKillWatch.of(1, 4242, 100.0, 40, held)
+    moves = {m.job_id: m for m in watch.jobs}
+    moves["AJ_a"].moved_at, moves["AJ_a"].new_worker = 100.4, "AW_new"  # kept by migrate_job
+    moves["AJ_b"].moved_at, moves["AJ_b"].new_worker = 103.0, "AW_other"  # re-dispatched
+    moves["AJ_c"].ended_before_moved = True
+    attempts = [
+        Attempt("AJ_a", 10, 99.0, 101.0),
+        Attempt("AJ_b", 11, 99.0, None),
+        Attempt("AJ_b", 12, 102.9, 104.0),
+    ]
+    report = watch.report(attempts)
+    assert (report["jobs_on_node"], report["jobs_moved"], report["migrated"], report["restarted"]) == (
+        4,
+        2,
+        1,
+        1,
+    )
+    assert report["ended_before_moved"] == 1 and report["not_seen_moved"] == ["AJ_d"]
+    assert report["job_moved_ms"]["min"] == pytest.approx(400) and report["job_moved_ms"][
+        "max"
+    ] == pytest.approx(3000)
+    assert report["workers_reconnected"] == 0 and report["worker_reconnect_ms"]["n"] == 0
+    json.dumps(report, allow_nan=False)
+
+
+def test_kill_node_needs_a_cluster() -> None:
+    with pytest.raises(ConfigError):
+        ChaosSettings(kill_node=True)
+    assert ChaosSettings(nodes=3, kill_node=True).nodes == 3
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentdispatch", "bench", "chaos", "--kill-node"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "kill_node needs nodes >= 2" in proc.stderr
