@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 
 from agentdispatch.bench.common.profiling import summarize_collapsed
 from agentdispatch.bench.common.stats import percentile, summarize_ms
+from agentdispatch.bench.dispatch.idle import IdleBenchSettings, idle_table, run_idle_bench
+from agentdispatch.bench.dispatch.idle_client import _first_frame, _Spread, client_frame
 from agentdispatch.bench.dispatch.run import DispatchBenchSettings, run_dispatch_bench, split
 from agentdispatch.protocol import ConfigError
 
@@ -148,3 +151,48 @@ def test_collapsed_stack_summary(tmp_path: Path) -> None:
     assert [row["function"] for row in summary["top_total_agentdispatch"]] == [
         "verify (agentdispatch/protocol/tokens.py)"
     ]
+
+
+def test_idle_fleet_registers_and_reports_memory_and_cpu() -> None:
+    settings = IdleBenchSettings(idle_workers=60, processes=2, window=1.0, status_every=0.5, concurrency=10)
+    result = run_idle_bench(settings)
+    json.dumps(result)
+    assert result["benchmark"] == "dispatch-idle"
+    reg = result["registration"]
+    assert (reg["requested"], reg["registered"], reg["errors"]) == (60, 60, 0)
+    assert reg["per_s"] > 0 and reg["server_cpu_ms_per_registration"] > 0
+    memory = result["memory"]
+    assert memory["server_rss_after_mb"] >= memory["server_rss_before_mb"] > 0
+    silent, status = result["idle_cpu"]["silent"], result["idle_cpu"]["with_status"]
+    assert silent["frames_per_s_sent"] == 0 and silent["server_cpu_us_per_frame"] is None
+    assert status["frames_per_s_sent"] == 120  # 60 workers, one status each per 0.5 s
+    assert status["server_cpu_percent_of_core"] >= 0 and status["seconds"] >= 1.0
+    # every worker stayed connected through both windows: the server kept all of them registered
+    assert result["fleet_at_end"] == {"open": 60, "closed_by_server": 0}
+    assert result["targets"]["idle_cpu_le_3_percent_at_10000"] is None  # judged at 10,000 only
+    assert "idle CPU, with status" in _render(idle_table(result))
+
+
+def _render(table: Any) -> str:
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
+
+
+def test_client_frames_and_spreading() -> None:
+    frame = client_frame(b"abc")
+    assert frame == b"\x82\x83\x00\x00\x00\x00abc"  # binary, masked (key 0), 3 bytes
+    assert client_frame(b"x" * 300)[:4] == b"\x82\xfe\x01\x2c"
+    assert _first_frame(b"\x82\x03abc\x82") == b"abc"
+    assert _first_frame(b"\x82\x05ab") is None
+    spread = _Spread(10, 1.0)
+    seen: list[int] = []
+    deadline = time.perf_counter() + 2.2
+    while time.perf_counter() < deadline:
+        time.sleep(0.05)
+        seen.extend(spread.due())
+    # about 2 rounds over all 10 indexes, in order, none skipped
+    assert len(seen) >= 15
+    assert seen[:10] == list(range(10))

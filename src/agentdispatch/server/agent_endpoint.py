@@ -244,16 +244,17 @@ class AgentEndpoint:
         session.post(
             agent.ServerMessage(register=agent.RegisterWorkerResponse(worker_id=session.id, server_info=info))
         )
-        log.info(
-            "worker registered",
-            extra={
-                "worker_id": session.id,
-                "agent_name": reg.agent_name,
-                "job_type": agent.JobType.Name(reg.job_type),
-                "deployment": reg.deployment,
-                "version": reg.version,
-            },
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "worker registered",
+                extra={
+                    "worker_id": session.id,
+                    "agent_name": reg.agent_name,
+                    "job_type": agent.JobType.Name(reg.job_type),
+                    "deployment": reg.deployment,
+                    "version": reg.version,
+                },
+            )
         self._deps.dispatcher.worker_registered(session)
 
     async def _pong(self, session: WorkerSession, ping: agent.WorkerPing) -> None:

@@ -125,7 +125,8 @@ class RoomManager:
         self._dispatcher.check_capacity(max(1, len(spec.agents)))
         stored, created = await self._store.create_room(room)
         if created:
-            log.info("room created", extra={"room": spec.name})
+            if log.isEnabledFor(logging.INFO):  # the extra dict is not built per dispatch at WARNING
+                log.info("room created", extra={"room": spec.name})
             self._emit(RoomEventKind.ROOM_STARTED, stored)
             self._arm_close_timer(spec.name, stored.empty_timeout)
             for dspec in spec.agents or (DispatchSpec(implicit=True),):
@@ -196,10 +197,11 @@ class RoomManager:
             state=agent_dispatch.AgentDispatchState(created_at=self._clock.wall_ns()),
         )
         await self._store.add_dispatch(dispatch)
-        log.info(
-            "dispatch created",
-            extra={"room": room.name, "dispatch_id": dispatch.id, "agent_name": spec.agent_name},
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "dispatch created",
+                extra={"room": room.name, "dispatch_id": dispatch.id, "agent_name": spec.agent_name},
+            )
         types = self._registry.job_types(spec.agent_name, "", spec.deployment)
         if not types and spec.implicit:
             self._dormant[dispatch.id] = room.name

@@ -166,14 +166,15 @@ class Measurement:
 
 def busy_cores(seconds: float) -> float | None:
     """Cores the whole machine kept busy over the next `seconds` (all processes, ours included)."""
-    before = psutil.cpu_times()
+    before, started = psutil.cpu_times(), time.perf_counter()
     time.sleep(seconds)
-    after = psutil.cpu_times()
+    after, elapsed = psutil.cpu_times(), time.perf_counter() - started
 
     def busy(t: Any) -> float:
         return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
-    return ratio(busy(after) - busy(before), seconds)
+    # per second actually slept (a busy machine oversleeps), capped: psutil's tick counts are coarse
+    return ratio(min(busy(after) - busy(before), elapsed * (os.cpu_count() or 1)), elapsed)
 
 
 def _cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
