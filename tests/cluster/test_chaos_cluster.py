@@ -5,6 +5,9 @@ SIGKILLed, one worker SIGKILLed, two job processes SIGKILLed.
 It must account for every dispatch (none lost, none run twice at once), the node kill must really have
 happened (the node's pid gone, its exit -9) and really moved work: the workers it held came back through
 haproxy and their jobs were seen on their new worker ids (migrated) or restarted elsewhere.
+
+A second run kills the node's workers with it (`--node-kill-workers`, the machine died): a survivor
+must take the node over and re-dispatch their jobs, still none lost and none run twice at once.
 """
 
 from __future__ import annotations
@@ -32,17 +35,16 @@ DISPATCHES = 80
 NODES = 3
 
 
-@pytest.fixture(scope="module")
-def cluster_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+Run = tuple[subprocess.CompletedProcess[str], dict[str, Any]]
+
+
+def _run_cluster(out: Path, *extra: str, dispatches: int = DISPATCHES, worker_kills: int = 1) -> Run:
     require("redis-server", "redis-server")
     require("haproxy", "haproxy")
-    out = tmp_path_factory.mktemp("chaos-cluster")
     json_path = out / "chaos.json"
-    args = ["--nodes", str(NODES), "--kill-node", "--workers", "4", "--dispatches", str(DISPATCHES)]
-    args += ["--worker-kills", "1", "--job-kills", "2", "--seed", "11", "--max-duration", "3"]
-    args += ["--end-timeout", "45", "--json", str(json_path)]
+    args = ["--nodes", str(NODES), "--kill-node", "--workers", "4", "--dispatches", str(dispatches)]
+    args += ["--worker-kills", str(worker_kills), "--job-kills", "2", "--seed", "11", "--max-duration", "3"]
+    args += ["--end-timeout", "45", "--json", str(json_path), *extra]
     command = [sys.executable, "-m", "agentdispatch", "bench", "chaos", *args]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as popen:
         try:
@@ -55,9 +57,14 @@ def cluster_run(
     return proc, json.loads(json_path.read_text())
 
 
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return _run_cluster(tmp_path_factory.mktemp("chaos-cluster"))
+
+
 @pytest.mark.timeout(240)
 def test_cluster_chaos_with_a_node_kill_loses_nothing_and_runs_nothing_twice(
-    cluster_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+    cluster_run: Run,
 ) -> None:
     proc, result = cluster_run
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
@@ -73,7 +80,7 @@ def test_cluster_chaos_with_a_node_kill_loses_nothing_and_runs_nothing_twice(
 
 @pytest.mark.timeout(240)
 def test_the_node_kill_really_happened_and_moved_work(
-    cluster_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+    cluster_run: Run,
 ) -> None:
     _, result = cluster_run
     cluster = result["server"]["cluster"]
@@ -93,7 +100,7 @@ def test_the_node_kill_really_happened_and_moved_work(
 
 @pytest.mark.timeout(240)
 def test_dispatches_entered_through_every_node_and_workers_came_through_haproxy(
-    cluster_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]],
+    cluster_run: Run,
 ) -> None:
     _, result = cluster_run
     cluster = result["server"]["cluster"]
@@ -103,6 +110,27 @@ def test_dispatches_entered_through_every_node_and_workers_came_through_haproxy(
     # haproxy saw the killed node go down (its health check on GET /)
     assert re.search(rf"node{cluster['killed'][0]['index'] + 1} is DOWN", haproxy_log), haproxy_log[-2000:]
     assert result["kills"]["worker"]["done"] == 1
+
+
+@pytest.mark.timeout(240)
+def test_a_node_killed_with_its_workers_has_their_jobs_run_again_by_a_survivor_never_twice(
+    tmp_path: Path,
+) -> None:
+    """The machine of a node dies: the node and the workers connected to it are SIGKILLed together.
+    Nothing can migrate; a survivor takes the dead node over (its lease lapses) and re-dispatches the
+    jobs after the reconnect grace, to the other workers. None lost, none running twice at once."""
+    proc, result = _run_cluster(tmp_path, "--node-kill-workers", dispatches=60, worker_kills=0)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert (result["lost"], result["double_run"]) == (0, 0), (result["double_runs"], result["dispatches"])
+    nk = result["node_kill"]
+    assert nk["workers_killed_with_node"] and nk["workers_on_node"] >= 1 and nk["jobs_on_node"] >= 1
+    assert nk["workers_reconnected"] == 0 and nk["migrated"] == 0
+    assert nk["restarted"] >= 1, nk["details"]
+    killed_workers = [k for k in result["kills"]["worker"]["details"] if k["by"] == "node-kill"]
+    assert len(killed_workers) == nk["workers_on_node"]
+    assert all(k["survivors"] == [] for k in killed_workers)  # every job process died with its worker
+    assert result["resume"]["after_worker_kill_ms"]["n"] >= nk["restarted"]
+    assert result["integrity"]["survivors"] == [] and result["integrity"]["unexplained_attempt_ends"] == []
 
 
 def test_the_haproxy_config_for_n_nodes_is_the_shipped_one_with_n_server_lines() -> None:

@@ -67,6 +67,11 @@ from .bench_run import run_benchmark, settings_from_options
 )
 @click.option("--kill-node", is_flag=True, help="SIGKILL one cluster node (never the last) during the run.")
 @click.option(
+    "--node-kill-workers",
+    is_flag=True,
+    help="With --kill-node: SIGKILL the node's workers with it (a survivor must re-dispatch their jobs).",
+)
+@click.option(
     "--node-kill-at",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=0.4,

@@ -50,6 +50,9 @@ class ChaosSettings:
     nodes: int = 1
     #: SIGKILL one node (never the last) when this share of the dispatches has been created
     kill_node: bool = False
+    #: with kill_node: SIGKILL the workers the node held right after it (they cannot migrate: a surviving
+    #: node must re-dispatch their jobs after the reconnect grace)
+    node_kill_workers: bool = False
     node_kill_at: float = 0.4
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class ChaosSettings:
             raise ConfigError(f"nodes must be >= 1, got {self.nodes}")
         if self.kill_node and self.nodes < 2:
             raise ConfigError("kill_node needs nodes >= 2 (the last node is never killed)")
+        if self.node_kill_workers and not self.kill_node:
+            raise ConfigError("node_kill_workers needs kill_node")
         if not 0 < self.node_kill_at < 1:
             raise ConfigError(f"node_kill_at must be in (0, 1), got {self.node_kill_at}")
         if not 0 <= self.kill_fraction < 1:

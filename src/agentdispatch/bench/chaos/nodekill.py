@@ -92,6 +92,8 @@ class NodeKillWatch:
     at_dispatch: int
     workers: list[HeldWorker]
     jobs: list[JobMove] = field(default_factory=list)
+    #: the node's workers were SIGKILLed with it (`--node-kill-workers`): none can come back
+    workers_killed: bool = False
 
     @classmethod
     def of(cls, index: int, pid: int, killed_at: float, at: int, workers: list[HeldWorker]) -> NodeKillWatch:
@@ -145,6 +147,7 @@ class NodeKillWatch:
             "killed_at": round(self.killed_at, 4),
             "at_dispatch": self.at_dispatch,
             "workers_on_node": len(self.workers),
+            "workers_killed_with_node": self.workers_killed,
             "jobs_on_node": len(self.jobs),
             "workers_reconnected": sum(1 for w in self.workers if w.reconnected_at is not None),
             "worker_reconnect_ms": summarize_ms(

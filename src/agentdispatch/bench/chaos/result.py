@@ -83,7 +83,8 @@ def _kills(run: FinishedRun) -> dict[str, Any]:
     s = run.s
     return {
         "worker": {
-            "planned": s.planned_worker_kills,
+            "planned": s.planned_worker_kills
+            + sum(1 for k in run.kills.worker if k.get("by") == "node-kill"),
             "done": len(run.kills.worker),
             "details": run.kills.worker,
         },
@@ -245,7 +246,9 @@ def _node_kill_rows(table: Table, nk: dict[str, Any]) -> None:
     table.add_row(
         "workers back after node kill",
         _seconds(nk["worker_reconnect_ms"]),
-        f"{nk['workers_reconnected']}/{nk['workers_on_node']} re-registered through haproxy",
+        "SIGKILLed with the node"
+        if nk.get("workers_killed_with_node")
+        else f"{nk['workers_reconnected']}/{nk['workers_on_node']} re-registered through haproxy",
     )
     table.add_row(
         "jobs moved after node kill",

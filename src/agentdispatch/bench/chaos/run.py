@@ -40,7 +40,7 @@ from .model import ChaosSettings, KillLog, Track, plan_kills
 from .nodekill import HeldWorker, NodeKillWatch, node_urls_of, worker_info
 from .record import job_metadata
 from .result import build_result
-from .servers import ChaosServers
+from .servers import ChaosServers, NodeKill
 from .watch import AttemptIndex, kill_attempt_process
 
 API_ERRORS = (api.TwirpError, aiohttp.ClientError, TimeoutError, OSError)
@@ -252,17 +252,22 @@ class ChaosRun:
             await asyncio.sleep(0.1)
 
     async def _kill_worker(self, patience: float = 30.0) -> None:
-        fleet = self._fleet()
         victim, jobs = await self._pick_busy_worker(patience)
         if victim is None:
             self.kills.skipped.append("worker kill: no live worker")
             return
+        await self._kill_and_replace(victim, jobs, "plan")
+
+    async def _kill_and_replace(self, victim: WorkerProc, jobs: dict[int, str], by: str) -> None:
+        """SIGKILL one worker (its tree watched until gone), start a replacement, record the kill."""
+        fleet = self._fleet()
         assigned = await asyncio.to_thread(fleet.assigned_jobs, victim)
         deaths = await fleet.kill_worker(victim)
         fleet.replace_in_background()
         self.kills.worker.append(
             {
                 "worker": victim.index,
+                "by": by,
                 "pid": victim.pid,
                 "killed_at": victim.killed_at,
                 "running_jobs": sorted(jobs.values()),
@@ -314,10 +319,11 @@ class ChaosRun:
             return
         victim = max(held, key=lambda n: (sum(len(h.jobs) for h in held[n]), len(held[n]), self.rng.random()))
         async with self._create_lock:
-            kill = await asyncio.to_thread(self.servers.kill, victim)
+            kill = await self._kill_node(victim, [h.proc for h in held[victim]])
         watch = self.node_kill = NodeKillWatch.of(
             victim, kill.pid, kill.killed_at, len(self.tracks), held[victim]
         )
+        watch.workers_killed = self.s.node_kill_workers
         self.log(
             f"SIGKILL node {victim} (pid {kill.pid}): {len(watch.workers)} worker(s),"
             f" {len(watch.jobs)} job(s) on it"
@@ -328,6 +334,23 @@ class ChaosRun:
             f"node {victim} kill: {report['workers_reconnected']}/{len(watch.workers)} workers back,"
             f" {report['jobs_moved']}/{len(watch.jobs)} jobs seen moved"
         )
+
+    async def _kill_node(self, index: int, workers: list[WorkerProc]) -> NodeKill:
+        """SIGKILL the node; with node_kill_workers its workers too, at the same moment (the machine died)."""
+        node = asyncio.to_thread(self.servers.kill, index)
+        if not self.s.node_kill_workers:
+            return await node
+        running = self._running_pids()
+        fleet = self._fleet()
+        kills = [
+            self._kill_and_replace(
+                w, {p: running[p] for p in fleet.job_pids(w) & running.keys()}, "node-kill"
+            )
+            for w in workers
+        ]
+        node_task = asyncio.ensure_future(node)
+        await asyncio.gather(node_task, *kills)
+        return node_task.result()
 
     async def _workers_by_node(self) -> dict[int, list[HeldWorker]]:
         """Live node index -> the live workers whose socket it holds (the cluster directory in Redis)."""
