@@ -140,16 +140,16 @@ async def test_a_job_dropped_half_way_by_a_store_failure_is_placed_again(
     """Redis fails exactly while an accepted offer is being recorded: the job must not be lost."""
     h = await make_harness(redis_url=durable_redis.url, dispatch_deadline=20.0)
     store = h.server.store
-    real_update = store.update_job
+    real_claim = store.claim_job
     failed: list[str] = []
 
-    async def update_failing_once(job: agent.Job) -> None:
-        if job.state.status == agent.JobStatus.JS_RUNNING and not failed:
+    async def claim_failing_once(job: agent.Job, expected_worker: str = "") -> bool:
+        if job.state.status == agent.JobStatus.JS_RUNNING and not failed:  # the assignment's atomic write
             failed.append(job.id)
             raise StoreUnavailable("store (Redis) unavailable: injected")
-        await real_update(job)
+        return await real_claim(job, expected_worker)
 
-    store.update_job = update_failing_once  # type: ignore[method-assign]
+    store.claim_job = claim_failing_once  # type: ignore[method-assign]
     first = await h.worker(agent_name="helper")
     await h.api.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="helper", room="r"))
     await h.wait_for(lambda: failed, what="the assignment write to fail")

@@ -71,7 +71,8 @@ async def test_a_silent_worker_does_not_win_every_selection(tmp_path: Path) -> N
             await wait_until(all_on_healthy, 60, "16 jobs running on the healthy worker")
             first_offers_to_silent = len(silent.received.offers)
             print(f"offers to the silent worker: {first_offers_to_silent}; jobs on the healthy one: 16")
-            assert first_offers_to_silent <= 1, first_offers_to_silent  # on probation: one offer at a time
+            # on probation each open offer weighs 0.5 more: a worker that never answered holds at most two
+            assert first_offers_to_silent <= 2, first_offers_to_silent
             assert len(healthy.received.assignments) == 16
             assert "offer not answered in time" in server.log()
         finally:

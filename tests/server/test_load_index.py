@@ -88,8 +88,13 @@ def test_ties_are_broken_randomly() -> None:
 
 
 def test_projected_load() -> None:
-    state = LoadState(reported=0.25, since_report={"j1", "j2"}, offers={"j3"})
+    state = LoadState(reported=0.25, since_report={"j1", "j2"}, offers={"j3"}, answered_any=True)
     assert abs(state.projected(0.1) - 0.55) < 1e-9
+    # a worker that has never answered an offer: each open offer weighs 0.5 more (two make it full)
+    new = LoadState(offers={"j1"})
+    assert abs(new.projected(0.1) - 0.6) < 1e-9
+    new.offers.add("j2")
+    assert new.projected(0.1) >= 1.0
     assert LoadState().projected(0.1) == 0.0
 
 

@@ -27,6 +27,7 @@ from ..util import SYSTEM_CLOCK, Clock
 from .config import ServerConfig
 from .dispatcher import Dispatcher
 from .session import OutboxLimits, SessionState, WorkerSession, validate_register
+from .store import StoreUnavailable
 
 log = logging.getLogger("agentdispatch.server.agent")
 
@@ -224,7 +225,13 @@ class AgentEndpoint:
                 )
                 if msg is None:
                     return
-                await self._handle(session, msg)
+                try:
+                    await self._handle(session, msg)
+                except StoreUnavailable as exc:  # the store is down: keep the worker, drop this frame
+                    log.warning(
+                        "store unavailable; worker frame not applied",
+                        extra={"worker_id": session.id, "frame": msg.WhichOneof("message"), "error": exc.msg},
+                    )
         finally:
             watchdog.stop()
 

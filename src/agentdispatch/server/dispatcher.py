@@ -280,8 +280,12 @@ class Dispatcher:
         state.started_at = now_ns
         state.updated_at = now_ns
         state.reason = JSR_UNSPECIFIED
+        if not await self._store.claim_job(job):  # ended or taken meanwhile (e.g. through another node)
+            log.warning("assignment lost its claim on the job; ending it", extra=self._ids(job.id, worker))
+            self._registry.job_ended(worker, job.id)
+            worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=job.id)))
+            return
         self._owners[job.id] = Owner(worker.api_key, reg.worker_keys()[0])
-        await self._store.update_job(job)
         self._emit(K.ASSIGNED, job, worker.id)
         msg = agent.ServerMessage(
             assignment=agent.JobAssignment(job=job, url=self._config.public_url, token=token)
@@ -518,12 +522,16 @@ class Dispatcher:
         timer = self._orphans.pop(job.id, None)
         if timer is not None:
             timer.cancel()
+        previous = job.state.worker_id
         job.state.worker_id = worker.id
         job.state.status = JS_RUNNING
         job.state.reason = JSR_UNSPECIFIED
         job.state.updated_at = self._clock.wall_ns()
+        if not await self._store.claim_job(job, expected_worker=previous):
+            log.warning("migrate lost its claim on the job; terminating it", extra=self._ids(job.id, worker))
+            worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=job.id)))
+            return
         self._owners[job.id] = Owner(worker.api_key, worker.registration.worker_keys()[0])
-        await self._store.update_job(job)
         self._registry.job_adopted(worker, job.id)
         self._emit(K.MIGRATED, job, worker.id)
 

@@ -184,7 +184,6 @@ class WorkerRegistry:
             and session.status == WS_AVAILABLE
             and not session.draining
             and load.credit != 0
-            and (load.answered_any or not load.offers)  # on probation: one offer at a time
             and self.projected(session) < FULL_PROJECTION
         )
 
