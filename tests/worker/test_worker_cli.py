@@ -46,7 +46,7 @@ class Program:
                 self.info = await r.json()
         return self.info
 
-    async def wait_info(self, predicate: Any, what: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_info(self, predicate: Any, what: str, timeout: float = 60.0) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
@@ -116,7 +116,7 @@ async def test_start_drains_on_sigterm_letting_the_job_finish(
         5,
         "the server to see the worker draining",
     )
-    code = await asyncio.wait_for(program.proc.wait(), 20)
+    code = await asyncio.wait_for(program.proc.wait(), 60)
     stderr = await program.stderr_text()
     assert code == 0, stderr
     assert "SIGTERM received: draining" in stderr
@@ -143,7 +143,7 @@ async def test_a_signal_to_the_whole_process_group_drains_and_the_job_finishes(
     assert os.getpgid(rec["pid"]) == pgid and all(os.getpgid(p.pid) == pgid for p in tree)
 
     os.killpg(pgid, sig)  # the worker, its forkserver, the job and the idle processes all get it
-    code = await asyncio.wait_for(program.proc.wait(), 30)
+    code = await asyncio.wait_for(program.proc.wait(), 60)
     stderr = await program.stderr_text()
     assert code == 0, stderr
     assert f"{sig.name} received: draining" in stderr
@@ -164,7 +164,7 @@ async def test_second_signal_exits_at_once_and_kills_the_jobs(
     program.proc.send_signal(signal.SIGTERM)
     await program.wait_info(lambda i: i["draining"], "draining")
     program.proc.send_signal(signal.SIGINT)
-    code = await asyncio.wait_for(program.proc.wait(), 10)
+    code = await asyncio.wait_for(program.proc.wait(), 30)
     stderr = await program.stderr_text()
     assert code == 130, stderr
     assert "second SIGINT: exiting now" in stderr

@@ -42,7 +42,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def run_to_exit(*argv: str, timeout: float = 60.0) -> tuple[int, str]:
+async def run_to_exit(*argv: str, timeout: float = 90.0) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=HERE
     )
@@ -69,7 +69,7 @@ class Running:
         async for line in self.proc.stderr:
             self.stderr += line.decode(errors="replace")
 
-    async def wait_for(self, text: str, timeout: float = 30.0) -> None:
+    async def wait_for(self, text: str, timeout: float = 60.0) -> None:
         await wait_until(lambda: text in self.stderr or self.proc.returncode is not None, timeout, text)
         assert text in self.stderr, self.stderr
 
@@ -77,12 +77,16 @@ class Running:
         if self.proc.returncode is None:
             self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), 20)
+                await asyncio.wait_for(self.proc.wait(), 30)
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self._reader, 5)
+        try:  # the job processes hold stderr until they are gone too
+            await asyncio.wait_for(asyncio.shield(self._reader), 20)
+        except TimeoutError:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
 
 
 @pytest.fixture
