@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 #: extra projected load of each unanswered offer to a worker that has never answered one: a new or
 #: silent worker holds at most two offers (0.6, then 1.2 = full) while workers that answer take the rest
 PROBATION_WEIGHT = 0.5
