@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -258,9 +260,35 @@ class Fleet:
             try:
                 worker.exit_code = await asyncio.to_thread(worker.popen.wait, timeout)
             except subprocess.TimeoutExpired:
-                self.log(f"worker {worker.index} (pid {worker.pid}) did not stop; SIGKILL")
+                dump = await asyncio.to_thread(self._dump_hung, worker)
+                self.log(f"worker {worker.index} (pid {worker.pid}) did not stop; SIGKILL (stacks: {dump})")
                 worker.popen.kill()
                 worker.exit_code = await asyncio.to_thread(worker.popen.wait)
+
+    def _dump_hung(self, worker: WorkerProc) -> Path:
+        """What a worker that ignores its SIGTERM is doing: its process tree and `py-spy dump` of each
+        process (when py-spy is installed), into worker-<n>-hung.txt."""
+        path = self.settings.run_dir / f"worker-{worker.index}-hung.txt"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        lines = []
+        for proc in [psutil.Process(worker.pid), *descendants(worker.pid)]:
+            try:
+                lines.append(
+                    f"== pid {proc.pid} ppid {proc.ppid()} {proc.status()} {' '.join(proc.cmdline())[:200]}"
+                )
+            except psutil.Error as exc:
+                lines.append(f"== pid {proc.pid}: {exc}")
+                continue
+            if os.path.exists(spy):
+                try:
+                    res = subprocess.run(
+                        [spy, "dump", "--pid", str(proc.pid)], capture_output=True, timeout=20
+                    )
+                    lines.append(res.stdout.decode(errors="replace") + res.stderr.decode(errors="replace"))
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    lines.append(f"py-spy dump failed: {exc}")
+        path.write_text("\n".join(lines))
+        return path
 
     def summary(self) -> dict[str, object]:
         unexpected = []
