@@ -19,6 +19,8 @@ class TextFormatter(logging.Formatter):
         text = f"{base} {extras}" if extras else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:  # a record that arrives formatted (e.g. from a job process)
+            text += "\n" + record.exc_text
         return text
 
 

@@ -381,7 +381,9 @@ class Dispatcher:
         self._registry.status_reported(worker, update)
         if (worker.status, worker.draining, round(worker.load.reported, 2)) != before:
             self._emit_worker(WorkerEventKind.STATUS, worker)
-        self.worker_available(worker)
+        # one waiting job per report; each accepted offer pulls the next: a worker near its limit that
+        # reports AVAILABLE is not offered the queue up to its projection (offers follow capacity)
+        self.worker_available(worker, limit=1)
 
     def worker_available(self, worker: WorkerSession, limit: int = 1 << 30) -> None:
         """A worker registered, reported, answered or freed a slot: offer waiting jobs (at most `limit`)
