@@ -204,6 +204,9 @@ def verdict(rj: RunningJob, result: ProcExit) -> tuple[int, str]:
         causes.append(result.killed)
     if causes:
         return JS_FAILED, interrupted("; ".join(causes))
+    if result.ended_reason is None and result.exitcode is not None and result.exitcode < 0:
+        # killed by a signal from outside (OOM killer, an operator): cut short, not a bug in the agent
+        return JS_FAILED, interrupted(result.error.removesuffix(" without reporting an end"))
     if result.error:
         return JS_FAILED, result.error
     return JS_SUCCESS, ""
