@@ -23,6 +23,7 @@ from ..protocol import (
     decode_worker_message,
     new_id,
 )
+from ..protocol.ids import new_dispatch_id, new_job_id, new_room_sid
 from ..util import SYSTEM_CLOCK, Clock
 from .config import ServerConfig
 from .dispatcher import Dispatcher
@@ -299,10 +300,10 @@ def simulated_job(session: WorkerSession, req: agent.SimulateJobRequest) -> agen
     if not room.name:
         room.name = new_id("sim-")
     if not room.sid:
-        room.sid = new_id("RM_")
+        room.sid = new_room_sid()
     job = agent.Job(
-        id=new_id("AJ_"),
-        dispatch_id=new_id("AD_"),
+        id=new_job_id(),
+        dispatch_id=new_dispatch_id(),
         type=agent.JobType.JT_PUBLISHER if req.HasField("participant") else agent.JobType.JT_ROOM,
         room=room,
         agent_name=reg.agent_name,

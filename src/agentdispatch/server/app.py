@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from .. import __version__
-from ..protocol import AuthError, KeyRing, bearer_token, new_id
+from ..protocol import AuthError, KeyRing, bearer_token
+from ..protocol.ids import new_node_id
 from ..util import SYSTEM_CLOCK, Clock
 from .agent_endpoint import AgentEndpoint, AgentEndpointDeps
 from .config import ServerConfig
@@ -49,7 +50,7 @@ class DispatchServer:
         self.config = config
         self.clock = clock
         self.version = __version__
-        self.node_id = config.node_id or new_id("ND_")
+        self.node_id = config.node_id or new_node_id()
         self.keys = KeyRing(config.keys)
         self._owns_store = store is None
         self.store: Store = store or open_store(config.redis_url, clock=clock)

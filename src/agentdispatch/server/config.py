@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..protocol import ConfigError
+from ..protocol.limits import MAX_FRAME_BYTES
 
 DEV_KEYS: Mapping[str, str] = {"devkey": "secret"}
 
@@ -34,7 +35,7 @@ class ServerConfig:
     public_url: str = ""
     node_id: str = ""
     region: str = ""
-    max_frame_bytes: int = 2 * 1024 * 1024
+    max_frame_bytes: int = MAX_FRAME_BYTES
     #: seconds the server keeps a lost worker's running jobs before re-dispatching them
     reconnect_grace: float = 10.0
     #: how often one job may be restarted (worker lost or job failed) before it ends FAILED

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from livekit.protocol import agent, agent_dispatch
 
+from ..protocol import ids
 from .session import Registration, WorkerKey, WorkerSession
 
 ENDED = (agent.JobStatus.JS_SUCCESS, agent.JobStatus.JS_FAILED, agent.JobStatus.JS_CANCELLED)
@@ -56,18 +57,18 @@ def migrate_refusal(
 
 def bare_job(job_id: str, reg: Registration) -> agent.Job | None:
     """The record of a job known only by its id (livekit-agents migrates ids), or None if implausible."""
-    if not job_id.startswith("AJ_") or len(job_id) > MAX_JOB_ID:
+    if not job_id.startswith(ids.JOB) or len(job_id) > MAX_JOB_ID:
         return None
     job = agent.Job(id=job_id, agent_name=reg.agent_name, namespace=reg.namespace)
     job.type = reg.job_type  # type: ignore[assignment]
-    job.dispatch_id = f"AD_adopted_{job_id}"
+    job.dispatch_id = f"{ids.DISPATCH}adopted_{job_id}"
     return job
 
 
 def adopted_dispatch(job: agent.Job, now_ns: int) -> agent_dispatch.AgentDispatch:
     """The dispatch record recreated for an adopted job that names its room."""
     return agent_dispatch.AgentDispatch(
-        id=job.dispatch_id or f"AD_adopted_{job.id}",
+        id=job.dispatch_id or f"{ids.DISPATCH}adopted_{job.id}",
         agent_name=job.agent_name,
         room=job.room.name,
         metadata=job.metadata,

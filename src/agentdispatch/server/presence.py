@@ -19,7 +19,8 @@ from google.protobuf import json_format
 from livekit import api
 from livekit.protocol import models
 
-from ..protocol import AuthError, KeyRing, TwirpError, bearer_token, new_id
+from ..protocol import AuthError, KeyRing, TwirpError, bearer_token
+from ..protocol.ids import new_participant_sid
 from .events import Event, RoomEvent, RoomEventKind
 from .rooms import DispatchSpec, RoomManager, RoomSpec
 
@@ -85,7 +86,7 @@ def participant_from_claims(claims: api.access_token.Claims) -> models.Participa
     kinds = {"agent": models.ParticipantInfo.Kind.AGENT, "sip": models.ParticipantInfo.Kind.SIP}
     kind = kinds.get(claims.kind or "", models.ParticipantInfo.Kind.STANDARD)
     return models.ParticipantInfo(
-        sid=new_id("PA_"),
+        sid=new_participant_sid(),
         identity=claims.identity,
         name=claims.name,
         metadata=claims.metadata,

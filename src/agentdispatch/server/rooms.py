@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from livekit.protocol import agent, agent_dispatch, models
 
-from ..protocol import TwirpError, new_id
+from ..protocol import TwirpError
+from ..protocol.ids import new_dispatch_id, new_job_id, new_room_sid
 from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from .config import ServerConfig
 from .dispatcher import ENDED, Dispatcher
@@ -110,7 +111,7 @@ class RoomManager:
         validate_room_name(spec.name)
         now_ns = self._clock.wall_ns()
         room = models.Room(
-            sid=new_id("RM_"),
+            sid=new_room_sid(),
             name=spec.name,
             empty_timeout=spec.empty_timeout or self._config.empty_timeout,
             departure_timeout=spec.departure_timeout or self._config.departure_timeout,
@@ -187,7 +188,7 @@ class RoomManager:
         validate_agent_name(spec.agent_name)
         self._dispatcher.check_capacity(1, len(spec.metadata) + room.ByteSize())
         dispatch = agent_dispatch.AgentDispatch(
-            id=new_id("AD_"),
+            id=new_dispatch_id(),
             agent_name=spec.agent_name,
             room=room.name,
             metadata=spec.metadata,
@@ -231,7 +232,7 @@ class RoomManager:
         participant: models.ParticipantInfo | None = None,
     ) -> agent.Job:
         job = agent.Job(
-            id=new_id("AJ_"),
+            id=new_job_id(),
             dispatch_id=dispatch.id,
             type=job_type,  # type: ignore[arg-type]
             room=room,

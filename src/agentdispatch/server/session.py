@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from livekit.protocol import agent, models
 
-from ..protocol import Encoding, ProtocolError, encode, new_id
+from ..protocol import Encoding, ProtocolError, encode
+from ..protocol.ids import new_worker_id
 from .load_state import LoadState
 
 log = logging.getLogger("agentdispatch.server.session")
@@ -126,7 +127,7 @@ class WorkerSession:
     ) -> None:
         self.ws = ws
         self.api_key = api_key
-        self.id = new_id("AW_")
+        self.id = new_worker_id()
         self.state = SessionState.CONNECTED
         self.encoding = Encoding.BINARY
         self.reg: Registration | None = None

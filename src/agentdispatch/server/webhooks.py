@@ -31,7 +31,7 @@ from livekit.protocol import webhook
 from .. import __version__
 from ..protocol import hs256
 from ..protocol.errors import ConfigError
-from ..protocol.ids import new_id
+from ..protocol.ids import new_webhook_event_id
 from ..util import Clock, TaskSet
 from .events import Event, JobEvent, JobEventKind, RoomEvent, RoomEventKind
 from .metrics import WebhookStats
@@ -98,7 +98,7 @@ def webhook_name(event: Event) -> str | None:
 
 def to_webhook_event(event: Event, clock: Clock) -> webhook.WebhookEvent | None:
     """The LiveKit webhook for a lifecycle event, or None when the event is not sent out."""
-    out = webhook.WebhookEvent(id=new_id("EV_"), created_at=clock.wall_ns() // 1_000_000_000)
+    out = webhook.WebhookEvent(id=new_webhook_event_id(), created_at=clock.wall_ns() // 1_000_000_000)
     if isinstance(event, RoomEvent):
         out.event = event.kind.value
         out.room.CopyFrom(event.room)

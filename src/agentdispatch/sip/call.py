@@ -25,7 +25,8 @@ from aiosipua.sdp_negotiate import SdpNegotiationError
 from livekit import api
 from livekit.protocol import agent, agent_dispatch, models
 
-from ..protocol import TwirpError, new_id
+from ..protocol import TwirpError
+from ..protocol.ids import new_sip_call_id
 from ..server.rooms import RoomSpec
 from .config import FINAL_CODES, TrunkPolicy
 from .directory import Route
@@ -118,7 +119,7 @@ class Call:
         self._policy = policy
         self.caller = caller_number(inv.caller)
         self.called = caller_number(inv.callee)
-        self.record = CallRecord(new_id("SCL_"), inv.call_id, route.trunk.sip_trunk_id, route.room)
+        self.record = CallRecord(new_sip_call_id(), inv.call_id, route.trunk.sip_trunk_id, route.room)
         self.cancelled = asyncio.Event()
         self.caller_bye = asyncio.Event()
         self.job_ended = asyncio.Event()

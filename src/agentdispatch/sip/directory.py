@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf import json_format
 from livekit.protocol import sip
 
-from ..protocol import new_id
+from ..protocol.ids import new_sip_dispatch_rule_id, new_sip_trunk_id
 from .config import GatewayConfig, SipConfigError, TrunkPolicy
 
 
@@ -98,7 +98,7 @@ class SipDirectory:
         validate_trunk(trunk)
         stored = sip.SIPInboundTrunkInfo()
         stored.CopyFrom(trunk)
-        stored.sip_trunk_id = trunk.sip_trunk_id or new_id("ST_")
+        stored.sip_trunk_id = trunk.sip_trunk_id or new_sip_trunk_id()
         if stored.sip_trunk_id in self.trunks:
             raise SipConfigError(f"trunk {stored.sip_trunk_id} already exists")
         stored.created_at.GetCurrentTime()
@@ -112,7 +112,7 @@ class SipDirectory:
         validate_rule(rule)
         stored = sip.SIPDispatchRuleInfo()
         stored.CopyFrom(rule)
-        stored.sip_dispatch_rule_id = rule.sip_dispatch_rule_id or new_id("SDR_")
+        stored.sip_dispatch_rule_id = rule.sip_dispatch_rule_id or new_sip_dispatch_rule_id()
         if stored.sip_dispatch_rule_id in self.rules:
             raise SipConfigError(f"dispatch rule {stored.sip_dispatch_rule_id} already exists")
         stored.created_at.GetCurrentTime()

@@ -18,6 +18,7 @@ from livekit import api
 from livekit.protocol import agent, models
 
 from ..protocol import ProtocolError, WorkerError, decode_server_message
+from ..protocol.limits import MAX_FRAME_BYTES
 from ..protocol.urls import agent_ws_url, websocket_base
 
 log = logging.getLogger("agentdispatch.worker.connection")
@@ -176,7 +177,7 @@ class WorkerConnection:
             headers={"Authorization": f"Bearer {self._token()}"},
             params=params,
             heartbeat=HEARTBEAT,
-            max_msg_size=2 * 1024 * 1024,
+            max_msg_size=MAX_FRAME_BYTES,
         )
         self._ws = ws
         try:

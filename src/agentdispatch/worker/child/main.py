@@ -28,6 +28,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
+from ...util.logs import STANDARD_RECORD_ATTRS
 from ..ipc import (
     ChildConfig,
     ChildMessage,
@@ -43,11 +44,6 @@ from ..ipc import (
 from ..refs import load_ref
 
 PARENT_CHECK_INTERVAL = 1.0
-_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message",
-    "asctime",
-    "taskName",
-}
 
 
 class Channel:
@@ -210,7 +206,7 @@ class PipeLogHandler(logging.Handler):
             extra = {
                 k: v
                 for k, v in record.__dict__.items()
-                if k not in _STANDARD_ATTRS and isinstance(v, str | int | float | bool)
+                if k not in STANDARD_RECORD_ATTRS and isinstance(v, str | int | float | bool)
             }
             exc_text = ""
             if record.exc_info:

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from livekit.protocol import models
 
 from ...protocol import WorkerError
+from ...protocol.urls import websocket_base
 from ...util import TaskSet
 
 if TYPE_CHECKING:
@@ -44,12 +45,7 @@ class DataMessage:
 
 
 def presence_url(url: str, token: str) -> str:
-    base = url.rstrip("/")
-    if base.startswith("http://"):
-        base = "ws://" + base[len("http://") :]
-    elif base.startswith("https://"):
-        base = "wss://" + base[len("https://") :]
-    return f"{base}/presence?access_token={token}"
+    return f"{websocket_base(url)}/presence?access_token={token}"
 
 
 def _participant(data: Any) -> models.ParticipantInfo:
