@@ -185,7 +185,7 @@ def test_bottom_layers_import_nothing_of_ours(name: str) -> None:
 
 
 def test_nothing_imports_the_utilities_from_protocol() -> None:
-    """Clock and TaskSet live in agentdispatch.util; protocol only answers the old names with a warning."""
+    """Clock and TaskSet live in agentdispatch.util (they moved out of protocol)."""
     moved = {"SYSTEM_CLOCK", "Clock", "SystemClock", "TaskSet"}
     tests = Path(__file__).resolve().parent
     sources = [*package_modules(), *tests.rglob("*.py")]

@@ -48,10 +48,3 @@ def test_a_heavy_name_loads_its_own_submodule_only_when_asked() -> None:
     assert "agentdispatch.protocol.codec" in loaded
     assert "agentdispatch.protocol.tokens" not in loaded  # livekit-api and PyJWT stay out
 
-
-def test_the_moved_utilities_still_resolve_with_a_warning() -> None:
-    import agentdispatch.protocol as protocol
-    from agentdispatch.util import TaskSet
-
-    with pytest.warns(DeprecationWarning, match="moved to agentdispatch.util"):
-        assert protocol.TaskSet is TaskSet  # type: ignore[attr-defined]

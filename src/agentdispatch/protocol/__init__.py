@@ -10,7 +10,6 @@ General utilities (clock, task sets) live in `agentdispatch.util`, not here.
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -86,17 +85,7 @@ __all__ = [
 ]
 
 
-#: moved to agentdispatch.util; still answered here (with a DeprecationWarning) while other branches of
-#: work catch up. To be removed once no module imports them from protocol (tests/test_layers.py checks).
-_MOVED_TO_UTIL = frozenset({"SYSTEM_CLOCK", "Clock", "SystemClock", "TaskSet"})
-
-
 def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_UTIL:
-        warnings.warn(
-            f"agentdispatch.protocol.{name} moved to agentdispatch.util", DeprecationWarning, stacklevel=2
-        )
-        return getattr(importlib.import_module("agentdispatch.util"), name)
     if name == "hs256":
         return importlib.import_module(f"{__name__}.hs256")
     module = _EXPORTS.get(name)
