@@ -230,6 +230,10 @@ async def test_delivery_runs_in_a_child_process_that_ends_with_the_server(receiv
     pid = sender.pid
     assert pid is not None and pid != os.getpid()
     child = psutil.Process(pid)
+    for _ in range(200):  # a freshly spawned child shows its command line once it has exec'd
+        if "agentdispatch.server.webhook_child" in " ".join(child.cmdline()):
+            break
+        await asyncio.sleep(0.05)
     assert "agentdispatch.server.webhook_child" in " ".join(child.cmdline())
     await server.aclose()
     assert not psutil.pid_exists(pid) or child.status() == psutil.STATUS_ZOMBIE
