@@ -35,6 +35,7 @@ from agentdispatch.testing.serverproc import (
 )
 from agentdispatch.testing.services import HaproxyProcess, RedisProcess, require
 from agentdispatch.testing.simworker import SimWorker, SimWorkerOptions
+from agentdispatch.testing.waiting import eventually as poll_async
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -44,19 +45,8 @@ JS_SUCCESS = agent.JobStatus.JS_SUCCESS
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 45.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    last: object = None
-    while loop.time() < end:
-        try:
-            value = await check()
-            if value:
-                return value
-            last = value
-        except (api.TwirpError, aiohttp.ClientError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    """Poll an async check; API and connection errors (a node restarting) count as "not yet"."""
+    return await poll_async(check, timeout, what, (api.TwirpError, aiohttp.ClientError, OSError))
 
 
 @dataclass

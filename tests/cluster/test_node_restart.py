@@ -8,7 +8,6 @@ redis-server; workers are SimWorkers over real WebSockets; the API client is liv
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from collections.abc import Callable
@@ -22,26 +21,15 @@ from livekit.protocol import agent
 from agentdispatch.testing.serverproc import ServerProcess, ServerProcessSettings
 from agentdispatch.testing.services import RedisProcess
 from agentdispatch.testing.simworker import SimWorker, SimWorkerOptions
+from agentdispatch.testing.waiting import eventually as poll_async
 
 JS_RUNNING = agent.JobStatus.JS_RUNNING
 JS_SUCCESS = agent.JobStatus.JS_SUCCESS
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll an async check until it returns something truthy; failures before the timeout are retried."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    last: object = None
-    while loop.time() < end:
-        try:
-            value = await check()
-            if value:
-                return value
-            last = value
-        except (api.TwirpError, aiohttp.ClientError, OSError) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    """Poll an async check; API and connection errors (a node restarting) count as "not yet"."""
+    return await poll_async(check, timeout, what, (api.TwirpError, aiohttp.ClientError, OSError))
 
 
 def start_node(port: int, redis: RedisProcess) -> ServerProcess:

@@ -4,7 +4,6 @@ whose module name other test folders share). Fixtures are in conftest.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from livekit.protocol import room as lk_room
 from agentdispatch.server import DispatchServer
 from agentdispatch.sip import SipGateway
 from agentdispatch.testing.services import require
+from agentdispatch.testing.waiting import wait_until as poll
 from agentdispatch.worker.proc_pool import BackoffPolicy
 from agentdispatch.worker.runtime import Tuning
 
@@ -42,15 +42,8 @@ def ensure_sipp() -> str:
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
+    """Poll a condition (the server and worker expose no event for most of these)."""
+    return await poll(predicate, timeout, what)
 
 
 def agent_rule(agent_name: str, prefix: str = "call-", metadata: str = "") -> sip.SIPDispatchRuleInfo:

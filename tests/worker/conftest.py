@@ -23,6 +23,7 @@ from livekit.protocol import agent, agent_dispatch
 from agentdispatch.protocol import WorkerError
 from agentdispatch.server import DispatchServer, ServerConfig
 from agentdispatch.server.events import JobEvent
+from agentdispatch.testing.waiting import wait_until as poll
 from agentdispatch.worker.options import WorkerOptions
 from agentdispatch.worker.proc_pool import BackoffPolicy
 from agentdispatch.worker.runtime import Tuning, Worker
@@ -45,16 +46,8 @@ _MP_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll a condition (the worker and server expose no event for most of these)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
+    """Poll a condition (the server and worker expose no event for most of these)."""
+    return await poll(predicate, timeout, what)
 
 
 def descendants() -> list[psutil.Process]:

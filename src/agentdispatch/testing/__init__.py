@@ -7,7 +7,8 @@
 - `run_fuzz` / `FuzzOptions` (`testing.fuzz`): malformed frames and requests against a running server.
 - `RedisProcess`, `HaproxyProcess`, `require` (`testing.services`): real peer services on loopback,
   installed from Debian when missing (under CI=true a missing one fails the test, else it skips).
-- `wait_until` (`testing.waiting`): poll a condition with a timeout that names what it waited for.
+- `wait_until`, `eventually` (`testing.waiting`): poll a condition (sync, or an async check) with a timeout
+  that names what it waited for.
 
 Used by this project's tests, its benchmarks and its demo. Names load on first use, so importing one
 submodule does not pull in the others.
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
         wait_healthy,
     )
     from .simworker import SimWorker, SimWorkerOptions
-    from .waiting import wait_until
+    from .waiting import eventually, wait_until
 
 _EXPORTS = {
     "FuzzOptions": "fuzz",
@@ -45,6 +46,7 @@ _EXPORTS = {
     "SimWorker": "simworker",
     "SimWorkerOptions": "simworker",
     "wait_until": "waiting",
+    "eventually": "waiting",
 }
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "SimWorker",
     "SimWorkerOptions",
     "agentdispatch_command",
+    "eventually",
     "free_port",
     "reap_tree",
     "run_fuzz",
