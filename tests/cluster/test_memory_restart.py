@@ -9,11 +9,11 @@ worker, the job process is the same pid and started once, and its end is recorde
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +22,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from agentdispatch.testing.serverproc import ServerProcess, ServerProcessSettings, free_port
+from agentdispatch.testing.waiting import eventually
 
 AGENTS = Path(__file__).resolve().parent / "agents"
 
@@ -35,12 +36,8 @@ async def _job(lk: api.LiveKitAPI, room: str) -> agent.Job | None:
     return jobs[0] if jobs else None
 
 
-async def _wait(predicate: object, timeout: float, what: str) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not await predicate():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+async def _wait(predicate: Callable[[], Awaitable[object]], timeout: float, what: str) -> None:
+    await eventually(predicate, timeout, what)
 
 
 def _spawn_worker(url: str, hold_dir: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -71,7 +68,11 @@ async def test_a_restarted_memory_node_keeps_the_running_call(tmp_path: Path, ho
         job = await _job(lk, "call")
         assert job is not None
         started = tmp_path / f"started-{job.id}"
-        await _wait(lambda: asyncio.sleep(0, started.exists()), 60, "the job process started")
+
+        async def has_started() -> bool:
+            return started.exists()
+
+        await _wait(has_started, 60, "the job process started")
         if how == signal.SIGKILL:
             os.kill(node.pid, signal.SIGKILL)
         node.stop()

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import aiohttp
 from livekit import api
 
 from agentdispatch.testing.serverproc import agentdispatch_command, free_port, wait_healthy
+from agentdispatch.testing.waiting import eventually
 
 KEY, SECRET = "devkey", "secret"
 
@@ -100,13 +101,8 @@ async def list_dispatches(url: str, room: str) -> list[dict[str, object]]:
         return list(body.get("agent_dispatches", []))
 
 
-async def wait_until(predicate: object, timeout: float = 30.0, what: str = "") -> None:
+async def wait_until(
+    predicate: Callable[[], Awaitable[object]], timeout: float = 30.0, what: str = ""
+) -> None:
     """Poll an async predicate until it holds (no timing assertion: the timeout only bounds a hang)."""
-    end = time.monotonic() + timeout
-    while True:
-        ok = await predicate()  # type: ignore[operator]
-        if ok:
-            return
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await eventually(predicate, timeout, what)
