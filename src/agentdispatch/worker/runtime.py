@@ -264,7 +264,7 @@ class Worker:
         await self._tasks.aclose()
         await self.jobs.aclose()
         await self.http.aclose()
-        log.info("worker stopped", extra={"worker_id": self.id})
+        log.info("worker stopped", extra={"worker_id": self.id} if self.id else {"registered": False})
 
     # -- periodic loops --------------------------------------------------------------------------------
     async def _load_loop(self) -> None:
