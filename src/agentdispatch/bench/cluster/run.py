@@ -160,7 +160,7 @@ class ClusterBench:
                 run.worker_node.update({w: i % run.nodes for w in reply["worker_ids"]})
             run.idle_rtt = clients[0].call("idle_rtt", s.rtt_samples, timeout=120.0)["rtt"]
             call_all(clients, "warmup", timeout=120.0)
-            call_all(clients, "collect", timeout=30.0)
+            call_all(clients, "collect", timeout=120.0)  # generous: a loaded box stalls the clients
             pids: dict[str, list[int]] = {f"node{i}": [pid] for i, pid in enumerate(node_pids)}
             pids["redis"] = redis_pids
             pids["clients"] = [c.process.pid for c in clients if c.process.pid is not None]
@@ -177,7 +177,7 @@ class ClusterBench:
             after = _cpu_seconds(pids)
             run.cpu = {role: after[role] - before[role] for role in after}
             run.load_avg = (round(load0, 2), round(os.getloadavg()[0], 2))
-            clients[0].call("stop_probe", timeout=30.0)
+            clients[0].call("stop_probe", timeout=120.0)
         finally:
             for client in clients:
                 client.close()
@@ -185,7 +185,7 @@ class ClusterBench:
     def _collect(self, clients: list[ClientHandle], run: ScenarioRun) -> None:
         deadline = time.perf_counter() + self.settings.assign_timeout
         while True:
-            for reply in call_all(clients, "collect", timeout=30.0):
+            for reply in call_all(clients, "collect", timeout=120.0):
                 for entry in reply["assigned"]:
                     if entry[0] in run.assigned:
                         run.duplicates += 1

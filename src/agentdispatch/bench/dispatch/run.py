@@ -112,10 +112,11 @@ class ClientHandle:
     def send(self, command: str, *args: Any) -> None:
         self.conn.send((command, args))
 
-    def receive(self, timeout: float) -> dict[str, Any]:
+    def receive(self, timeout: float, command: str = "") -> dict[str, Any]:
         if not self.conn.poll(timeout):
-            alive = self.process.is_alive()
-            raise HarnessError(f"client {self.plan.index} silent for {timeout:g}s (alive={alive})")
+            alive = "still running" if self.process.is_alive() else f"exited {self.process.exitcode}"
+            waiting = f" waiting for its answer to {command!r}" if command else ""
+            raise HarnessError(f"client {self.plan.index} silent for {timeout:g}s{waiting} (process {alive})")
         status, payload = self.conn.recv()
         if status != "ok":
             raise HarnessError(str(payload))
@@ -124,7 +125,7 @@ class ClientHandle:
 
     def call(self, command: str, *args: Any, timeout: float = 60.0) -> dict[str, Any]:
         self.send(command, *args)
-        return self.receive(timeout)
+        return self.receive(timeout, command)
 
     def close(self) -> None:
         with contextlib.suppress(OSError, HarnessError, EOFError):
@@ -141,7 +142,7 @@ def call_all(
 ) -> list[dict[str, Any]]:
     for client in clients:
         client.send(command, *args)
-    return [client.receive(timeout) for client in clients]
+    return [client.receive(timeout, command) for client in clients]
 
 
 @dataclass
@@ -267,7 +268,7 @@ class DispatchBench:
         m.idle_rtt, m.idle_http_rtt = idle["rtt"], idle["http_rtt"]
         if s.warmup:
             m.warmup_sent = sum(r["sent"] for r in call_all(clients, "warmup", timeout=120.0))
-            call_all(clients, "collect", timeout=30.0)  # warm-up assignments are not measured
+            call_all(clients, "collect", timeout=120.0)  # warm-up assignments are not measured
         pids = {"clients": [c.process.pid for c in clients if c.process.pid is not None]}
         if self.server_pid is not None:
             pids["server"] = [self.server_pid]
@@ -285,13 +286,13 @@ class DispatchBench:
         m.cpu_seconds = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
         if recorder is not None:
             recorder.stop()
-        m.loaded_rtt = clients[0].call("stop_probe", timeout=30.0)["rtt"]
+        m.loaded_rtt = clients[0].call("stop_probe", timeout=120.0)["rtt"]
         return m
 
     def _wait_assignments(self, clients: Sequence[ClientHandle], m: Measurement) -> None:
         deadline = time.perf_counter() + self.settings.assign_timeout
         while True:
-            for reply in call_all(clients, "collect", timeout=30.0):
+            for reply in call_all(clients, "collect", timeout=120.0):
                 for entry in reply["assigned"]:
                     dispatch_id = entry[0]
                     if dispatch_id not in m.sent:
