@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from agentdispatch.demo.runner import DemoSettings, plan_dispatches, regular_workers
 
 
@@ -43,3 +45,14 @@ def test_plan_has_unserved_late_and_burst() -> None:
     workers = regular_workers(settings)
     assert [w.job_duration for w in workers] == [1.0, 2.0, 3.0]
     assert [w.load for w in workers] == [0.0, 0.0, 0.3]
+
+
+def test_demo_that_hits_its_time_limit_says_so_and_exits_nonzero(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agentdispatch.cli.main import cli
+
+    monkeypatch.setattr(DemoSettings, "time_limit", property(lambda self: 0.5))  # a very busy machine
+    result = CliRunner().invoke(cli, ["demo", "--simulated", "--workers", "1", "--dispatches", "3"])
+    assert result.exit_code == 1
+    assert "time limit reached (0.5 s)" in result.output and "not ended" in result.output

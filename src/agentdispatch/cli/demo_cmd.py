@@ -35,4 +35,11 @@ def demo_command(workers: int, dispatches: int, seconds: float, simulated: bool)
     settings = DemoSettings(workers=workers, dispatches=dispatches, seconds=seconds)
     source = SimWorkerSource() if simulated else RuntimeWorkerSource()
     console = stdout_console()
-    asyncio.run(run_demo(settings, console, source))
+    summary = asyncio.run(run_demo(settings, console, source))
+    if summary.unfinished:  # the demo's time cap: say so, and do not pass for a complete run
+        raise click.ClickException(
+            f"time limit reached ({settings.time_limit:g} s) with {summary.unfinished} job(s) not ended; "
+            "the machine may be busy: try --dispatches 10 or --seconds 10"
+        )
+    if summary.create_errors:
+        raise click.ClickException(f"{len(summary.create_errors)} dispatch(es) could not be created")

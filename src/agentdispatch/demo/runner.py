@@ -231,7 +231,8 @@ class Demo:
             if not script.done():
                 script.cancel()
             await asyncio.gather(script, return_exceptions=True)
-        script.result()  # a failure of the script itself is a bug: let it show
+        if not script.cancelled():  # cancelled: the time limit ended it, the summary says so
+            script.result()  # a failure of the script itself is a bug: let it show
 
     async def _script(self, url: str, lk: api.LiveKitAPI) -> None:
         s = self.settings
