@@ -31,7 +31,7 @@ from .output import stdout_console
 )
 def demo_command(workers: int, dispatches: int, seconds: float, simulated: bool) -> None:
     """In-memory server + workers (each job in its own process) + dispatches: watch jobs placed and run."""
-    setup_logging("WARNING")
+    setup_logging("ERROR")  # the table tells the story; a failed job is not a warning here
     settings = DemoSettings(workers=workers, dispatches=dispatches, seconds=seconds)
     source = SimWorkerSource() if simulated else RuntimeWorkerSource()
     console = stdout_console()
