@@ -21,8 +21,8 @@ import aiohttp
 from livekit import api
 from livekit.protocol import agent, agent_dispatch
 
-from ...protocol.jwt_warnings import ignore_short_hmac_key_warning
 from ...testing.simworker import SimWorker, SimWorkerOptions
+from ..common.client_process import run_client_process
 
 CREATE_PATH = "/twirp/livekit.AgentDispatchService/CreateDispatch"
 #: seconds between a simulated worker's status reports when nothing changes (our worker runtime's default)
@@ -348,10 +348,4 @@ async def _serve(plan: ClientPlan, conn: Connection) -> None:
 
 def client_main(plan: ClientPlan, conn: Connection) -> None:
     """Entry point of a client process (multiprocessing target)."""
-    ignore_short_hmac_key_warning()
-    try:
-        asyncio.run(_serve(plan, conn))
-    except (KeyboardInterrupt, EOFError, BrokenPipeError):
-        pass
-    finally:
-        conn.close()
+    run_client_process(_serve(plan, conn), conn)

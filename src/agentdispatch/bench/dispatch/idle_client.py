@@ -28,7 +28,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from ...protocol import decode_server_message
-from ...protocol.jwt_warnings import ignore_short_hmac_key_warning
+from ..common.client_process import run_client_process
 
 TICK = 0.05
 
@@ -300,10 +300,4 @@ async def _serve(plan: IdlePlan, conn: Connection) -> None:
 
 def idle_client_main(plan: IdlePlan, conn: Connection) -> None:
     """Entry point of an idle-fleet client process (multiprocessing target)."""
-    ignore_short_hmac_key_warning()
-    try:
-        asyncio.run(_serve(plan, conn))
-    except (KeyboardInterrupt, EOFError, BrokenPipeError):
-        pass
-    finally:
-        conn.close()
+    run_client_process(_serve(plan, conn), conn)
