@@ -131,8 +131,11 @@ def test_cli_entry_imports_no_command_module() -> None:
             for imp in imports_of(PACKAGE / "cli" / name)
             if imp.target.startswith("agentdispatch.") and imp.module_level
         ]
-        assert set(ours) <= {"agentdispatch.__version__", "agentdispatch.cli.lazy.LazyCommand",
-                             "agentdispatch.cli.lazy.LazyGroup"}, (name, ours)
+        assert set(ours) <= {
+            "agentdispatch.__version__",
+            "agentdispatch.cli.lazy.LazyCommand",
+            "agentdispatch.cli.lazy.LazyGroup",
+        }, (name, ours)
 
 
 def test_no_module_of_the_package_imports_livekit_agents() -> None:

@@ -48,4 +48,3 @@ def test_a_heavy_name_loads_its_own_submodule_only_when_asked() -> None:
     loaded = modules_loaded_by("from agentdispatch.protocol import encode")
     assert "agentdispatch.protocol.codec" in loaded
     assert "agentdispatch.protocol.tokens" not in loaded  # livekit-api and PyJWT stay out
-

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..server import DEV_KEYS
 from ..testing.serverproc import HarnessError
+from ..util.aio import wait_for
 from ..worker.options import WorkerOptions
 from ..worker.runtime import Worker
 
@@ -66,7 +67,7 @@ class RuntimeWorkerSource:
             worker.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), 15)
+                await wait_for(asyncio.shield(task), 15)
             if not task.done():
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -25,6 +25,7 @@ from ..protocol import (
 )
 from ..protocol.ids import new_dispatch_id, new_job_id, new_room_sid
 from ..util import SYSTEM_CLOCK, Clock
+from ..util.aio import wait_for
 from .config import ServerConfig
 from .dispatcher import Dispatcher
 from .session import OutboxLimits, SessionState, WorkerSession, validate_register
@@ -131,7 +132,7 @@ class AgentEndpoint:
             await session.stop_writer()
             if not ws.closed:
                 with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-                    await asyncio.wait_for(ws.close(), 2.0)
+                    await wait_for(ws.close(), 2.0)
         return ws
 
     def _disconnected(self, session: WorkerSession) -> None:
@@ -153,7 +154,7 @@ class AgentEndpoint:
         async def close(session: WorkerSession) -> None:
             await asyncio.sleep(0)  # let the writer hand over go_away first
             with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(
+                await wait_for(
                     session.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=reason.encode()[:120]),
                     timeout,
                 )

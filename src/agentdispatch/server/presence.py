@@ -21,6 +21,7 @@ from livekit.protocol import models
 
 from ..protocol import AuthError, KeyRing, TwirpError, bearer_token
 from ..protocol.ids import new_participant_sid
+from ..util.aio import wait_for
 from .events import Event, RoomEvent, RoomEventKind
 from .rooms import DispatchSpec, RoomManager, RoomSpec
 
@@ -244,7 +245,7 @@ class PresenceHub:
                 await self._room_manager.leave(room_name, participant.identity)
             conn.close_soon()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError, RuntimeError):
-                await asyncio.wait_for(writer, 5)
+                await wait_for(writer, 5)
             if not writer.done():
                 writer.cancel()
         return ws
@@ -285,7 +286,7 @@ class PresenceHub:
         """A frame over the hard limit broke the stream: say why in an `error`, then close (1009)."""
         msg = {"type": "error", "code": "too_large", "msg": f"frame over {HARD_FRAME_LIMIT} bytes; closing"}
         with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
-            await asyncio.wait_for(conn.ws.send_str(json.dumps(msg)), 2.0)
+            await wait_for(conn.ws.send_str(json.dumps(msg)), 2.0)
         log.info(
             "presence frame over the hard limit",
             extra={"room": conn.room, "identity": conn.participant.identity},

@@ -26,6 +26,7 @@ from collections import deque
 
 from ..protocol.errors import ServerError
 from ..util import SYSTEM_CLOCK, Clock, TaskSet
+from ..util.aio import wait_for
 from .events import Event
 from .metrics import WebhookStats
 from .webhooks import WebhookOptions, to_webhook_event, webhook_name
@@ -193,7 +194,7 @@ class WebhookProcess:
                 proc.stdin.close()  # EOF: the child flushes and exits
             self._backlog.clear()
             try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), self._options.flush_timeout + 5)
+                await wait_for(asyncio.to_thread(proc.wait), self._options.flush_timeout + 5)
             except TimeoutError:
                 proc.kill()
                 await asyncio.to_thread(proc.wait)

@@ -33,6 +33,7 @@ from ..protocol import hs256
 from ..protocol.errors import ConfigError
 from ..protocol.ids import new_webhook_event_id
 from ..util import Clock, TaskSet
+from ..util.aio import wait_for
 from .events import Event, JobEvent, JobEventKind, RoomEvent, RoomEventKind
 from .metrics import WebhookStats
 
@@ -259,7 +260,7 @@ class WebhookSender:
         if self._started:
             with contextlib.suppress(TimeoutError):
                 idle = [t.idle.wait() for t in self._all_lanes()]
-                await asyncio.wait_for(asyncio.gather(*idle), self._options.flush_timeout)
+                await wait_for(asyncio.gather(*idle), self._options.flush_timeout)
         await self._tasks.aclose()
         if self._session is not None:
             await self._session.close()

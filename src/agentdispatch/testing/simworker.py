@@ -19,6 +19,7 @@ from livekit.protocol import agent
 
 from ..protocol import Encoding, decode_server_message, encode
 from ..protocol.urls import agent_ws_url
+from ..util.aio import wait_for
 
 OfferPolicy = str  # "accept" | "reject" | "terminate" | "ignore"
 
@@ -144,7 +145,7 @@ class SimWorker:
         """Status on every job change and at least every `interval` s (what our worker runtime does)."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), interval)
+                await wait_for(self._status_dirty.wait(), interval)
             self._status_dirty.clear()
             await self.report(self.opts.load, job_count=len(self.running))
 
@@ -161,7 +162,7 @@ class SimWorker:
         try:
             started = time.perf_counter()
             await self.send(agent.WorkerMessage(ping=agent.WorkerPing(timestamp=time.time_ns() // 1_000_000)))
-            return await asyncio.wait_for(waiter, timeout) - started
+            return await wait_for(waiter, timeout) - started
         finally:
             self._pong_waiter = None
 
@@ -170,7 +171,7 @@ class SimWorker:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
-            msg = await asyncio.wait_for(self._events.get(), max(0.0, end - loop.time()))
+            msg = await wait_for(self._events.get(), max(0.0, end - loop.time()))
             if msg.WhichOneof("message") == kind:
                 return msg
 

@@ -21,6 +21,7 @@ from livekit.protocol import agent
 
 from ..protocol import WorkerError
 from ..util import TaskSet
+from ..util.aio import wait_for
 from .ipc import AcceptArguments, StartJob
 from .offers import SlotTable
 from .proc_pool import ProcPool
@@ -179,7 +180,7 @@ class JobManager:
     async def wait_empty(self, timeout: float | None = None) -> bool:
         """True once no job is left (False on timeout)."""
         try:
-            await asyncio.wait_for(self._empty.wait(), timeout)
+            await wait_for(self._empty.wait(), timeout)
         except TimeoutError:
             return False
         return True

@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from ..protocol.load import sanitize_load
+from ..util.aio import wait_for
 
 log = logging.getLogger("agentdispatch.worker.load")
 
@@ -234,7 +235,7 @@ class LoadMonitor:
                 return LoadReading(1.0, LoadProblem.TIMEOUT)  # still hung: do not pile up more calls
             self._stuck = None
         try:
-            raw = await asyncio.wait_for(self._invoke(), self._timeout)
+            raw = await wait_for(self._invoke(), self._timeout)
         except TimeoutError:
             return LoadReading(1.0, LoadProblem.TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - user code: logged once by sample(), counted as full

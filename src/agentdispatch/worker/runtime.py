@@ -22,6 +22,7 @@ from livekit.protocol import agent
 from .. import __version__
 from ..protocol import WorkerError
 from ..util import TaskSet
+from ..util.aio import wait_for
 from .connection import ConnectionSettings, WorkerConnection
 from .http import HttpServer
 from .ipc import AcceptArguments, ChildConfig
@@ -280,7 +281,7 @@ class Worker:
     async def _status_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), self.tuning.status_interval)
+                await wait_for(self._status_dirty.wait(), self.tuning.status_interval)
             self._status_dirty.clear()
             await self._send_status()
 

@@ -22,6 +22,7 @@ import psutil
 
 from ..protocol import WorkerError
 from ..util import TaskSet
+from ..util.aio import wait_for
 from .child import main as child_main
 from .ipc import (
     PRELOAD_ENV,
@@ -194,7 +195,7 @@ class SupervisedProc:
         if self._init is None:
             raise InitError("job process was not spawned")
         try:
-            done = await asyncio.wait_for(asyncio.shield(self._init), self._settings.initialize_timeout)
+            done = await wait_for(asyncio.shield(self._init), self._settings.initialize_timeout)
         except TimeoutError:
             log.warning(
                 "job process did not initialize within %gs, killing it",
@@ -364,7 +365,7 @@ class SupervisedProc:
 
     async def _wait_exited(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
+            await wait_for(asyncio.shield(self._exited), timeout)
         return self.exited
 
     def _snapshot_tree(self) -> None:

@@ -35,6 +35,7 @@ from livekit import api
 
 from ...testing.serverproc import ServerProcessSettings
 from ...util import TaskSet
+from ...util.aio import wait_for
 from .fleet import AGENT_FILE, Death, Fleet, FleetSettings, WorkerProc
 from .model import ChaosSettings, KillLog, Track, plan_kills
 from .nodekill import HeldWorker, NodeKillWatch, node_urls_of, worker_info
@@ -158,7 +159,7 @@ class ChaosRun:
 
     async def _wait_all_ended(self, deadline: float, chaos: asyncio.Task[None]) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(chaos), max(1.0, deadline - time.time()))
+            await wait_for(asyncio.shield(chaos), max(1.0, deadline - time.time()))
         await self._wait_until(self._finished, deadline)
         left = sum(1 for t in self.tracks if not t.done)
         if left:
@@ -172,7 +173,7 @@ class ChaosRun:
             if remaining is not None and remaining <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await wait_for(self._changed.wait(), remaining)
         return True
 
     def _api(self) -> api.LiveKitAPI:

@@ -28,6 +28,7 @@ from livekit import api
 from livekit.protocol import agent
 
 from ...protocol import decode_server_message
+from ...util.aio import wait_for
 from ..common.client_process import run_client_process
 
 TICK = 0.05
@@ -208,7 +209,7 @@ class IdleFleet:
             lambda: IdleWorker(self._upgrade, self._register, done), self._host, self._port, local_addr=source
         )
         try:
-            await asyncio.wait_for(done, 60.0)
+            await wait_for(done, 60.0)
         except BaseException:
             if worker.transport is not None:
                 worker.transport.close()

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...util.aio import wait_for
 from .scenarios import CallScenario
 
 SIPP_TIMEOUT = 60.0
@@ -102,7 +103,7 @@ async def run_sipp(
         stdin=asyncio.subprocess.DEVNULL,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout + 30)
+        out, err = await wait_for(proc.communicate(), timeout + 30)
     except TimeoutError:
         proc.kill()
         out, err = await proc.communicate()
