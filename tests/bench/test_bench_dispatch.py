@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from livekit.protocol import agent
 
 from agentdispatch.bench.common.profiling import summarize_collapsed
 from agentdispatch.bench.common.stats import percentile, summarize_ms
@@ -154,23 +155,50 @@ def test_collapsed_stack_summary(tmp_path: Path) -> None:
 
 
 def test_idle_fleet_registers_and_reports_memory_and_cpu() -> None:
-    settings = IdleBenchSettings(idle_workers=60, processes=2, window=1.0, status_every=0.5, concurrency=10)
+    # 6,000 status frames/s: enough CPU in a 1 s window for the floor's (10 ms ticks) to be above 0
+    settings = IdleBenchSettings(idle_workers=300, processes=2, window=1.0, status_every=0.05, concurrency=10)
     result = run_idle_bench(settings)
     json.dumps(result)
     assert result["benchmark"] == "dispatch-idle"
     reg = result["registration"]
-    assert (reg["requested"], reg["registered"], reg["errors"]) == (60, 60, 0)
+    assert (reg["requested"], reg["registered"], reg["errors"]) == (300, 300, 0)
     assert reg["per_s"] > 0 and reg["server_cpu_ms_per_registration"] > 0
     memory = result["memory"]
     assert memory["server_rss_after_mb"] >= memory["server_rss_before_mb"] > 0
     silent, status = result["idle_cpu"]["silent"], result["idle_cpu"]["with_status"]
     assert silent["frames_per_s_sent"] == 0 and silent["server_cpu_us_per_frame"] is None
-    assert status["frames_per_s_sent"] == 120  # 60 workers, one status each per 0.5 s
+    assert status["frames_per_s_sent"] == 6000  # 300 workers, one status each per 0.05 s
     assert status["server_cpu_percent_of_core"] >= 0 and status["seconds"] >= 1.0
+    assert status["server_user_percent_of_core"] >= 0 and status["server_system_percent_of_core"] >= 0
+    user_plus_system = status["server_user_percent_of_core"] + status["server_system_percent_of_core"]
+    assert abs(user_plus_system - status["server_cpu_percent_of_core"]) < 0.01
     # every worker stayed connected through both windows: the server kept all of them registered
-    assert result["fleet_at_end"] == {"open": 60, "closed_by_server": 0}
+    assert result["fleet_at_end"] == {"open": 300, "closed_by_server": 0}
     assert result["targets"]["idle_cpu_le_3_percent_at_10000"] is None  # judged at 10,000 only
-    assert "idle CPU, with status" in _render(idle_table(result))
+    # the receive floor: as many plain connections, the same frames, bytes counted by a do-nothing server
+    floor = result["idle_cpu"]["floor"]
+    assert (floor["connections"], floor["accepted"], floor["connect_errors"]) == (300, 300, 0)
+    assert floor["frame_bytes"] == len(client_frame(_status_payload()))
+    assert floor["frames_per_s_sent"] == 6000 and floor["frames_per_s_received"] > 0
+    assert floor["cpu_us_per_frame"] > 0 and floor["seconds"] >= 1.0
+    assert floor["user_percent_of_core"] >= 0 and floor["system_percent_of_core"] >= 0
+    assert floor["event_loop"].startswith("uvloop.") == result["uvloop_installed"]  # the server's loop
+    assert result["idle_cpu"]["server_vs_floor"] > 0
+    text = _render(idle_table(result))
+    assert "idle CPU, with status" in text and "idle CPU, receive floor" in text and "server vs floor" in text
+
+
+def test_idle_fleet_without_floor() -> None:
+    settings = IdleBenchSettings(idle_workers=20, processes=1, window=1.0, status_every=0.5, floor=False)
+    result = run_idle_bench(settings)
+    assert result["idle_cpu"]["floor"] is None and result["idle_cpu"]["server_vs_floor"] is None
+    assert result["fleet_at_end"] == {"open": 20, "closed_by_server": 0}
+    assert "not measured" in _render(idle_table(result))
+
+
+def _status_payload() -> bytes:
+    status = agent.UpdateWorkerStatus(load=0.0, status=agent.WorkerStatus.WS_AVAILABLE, job_count=0)
+    return agent.WorkerMessage(update_worker=status).SerializeToString()
 
 
 def _render(table: Any) -> str:

@@ -62,11 +62,18 @@ from .bench_run import run_benchmark, settings_from_options
     help="Instead: register N idle workers (--processes clients, default 4); registrations/s, KB, idle CPU.",
 )
 @click.option("--idle-seconds", type=click.FloatRange(1), default=10.0, show_default=True)
+@click.option(
+    "--floor/--no-floor",
+    default=True,
+    show_default=True,
+    help="With --idle-workers: a third window against a do-nothing receive floor server.",
+)
 def dispatch_command(
     json_path: Path | None,
     profile_server: Path | None,
     idle_workers: int | None,
     idle_seconds: float,
+    floor: bool,
     **options: Any,
 ) -> None:
     """CreateDispatch -> JobAssignment latency and throughput against the real server."""
@@ -78,6 +85,7 @@ def dispatch_command(
             processes=processes,
             window=idle_seconds,
             profile_path=profile_server,
+            floor=floor,
         )
         idle_path = json_path or default_idle_json_path(time.time())
         run_benchmark(lambda log: run_idle_bench(idle, log=log), idle_path, idle_table)

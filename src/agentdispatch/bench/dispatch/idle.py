@@ -9,7 +9,12 @@ per process. Measured on the server process with psutil:
 - idle CPU, % of one core, over `window` seconds, twice: silent (no frame at all, well inside the
   90 s liveness window; a WorkerPing per worker every `ping_every` s if that is > 0) and with status
   updates (one UpdateWorkerStatus per worker every `status_every` s, what livekit-agents sends: the
-  P4 target is judged on this one).
+  P4 target is judged on this one);
+- the receive floor (floor.py; unless `floor` is off): the fleet's WebSockets are closed and the server
+  stopped, then the same client processes open as many plain TCP connections to a server that only
+  counts bytes, on the same event loop, and send each the same status frame bytes at the same period
+  and spread; its CPU per frame is what receiving those frames costs at the least on this machine, and
+  `idle_cpu.server_vs_floor` = the server's us per status frame / the floor's.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ...testing.serverproc import HarnessError, ServerProcess
 from ..common.profiling import PySpyRecorder, summarize_collapsed
 from ..common.report import TARGETS_DOC, fmt_num
 from ..common.stats import environment, ratio
+from .floor import FloorProcess
 from .idle_client import IdlePlan, idle_client_main, raise_nofile
 from .run import ClientHandle, busy_cores, call_all, split
 
@@ -54,6 +60,8 @@ class IdleBenchSettings:
     api_key: str = "devkey"
     api_secret: str = "secret"
     profile_path: Path | None = None
+    #: a third window against the receive floor (floor.py)
+    floor: bool = True
 
     def __post_init__(self) -> None:
         if self.idle_workers < 1 or not 1 <= self.processes <= 200:
@@ -63,8 +71,13 @@ class IdleBenchSettings:
 
 
 def _cpu_seconds(pid: int) -> float:
+    user, system = _user_system(pid)
+    return user + system
+
+
+def _user_system(pid: int) -> tuple[float, float]:
     times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    return float(times.user), float(times.system)
 
 
 def _clients_cpu(clients: list[ClientHandle]) -> float:
@@ -86,25 +99,64 @@ class IdleBench:
         limit = raise_nofile(s.idle_workers + 4096)  # inherited by the server and the clients
         if limit < s.idle_workers + 256:
             raise HarnessError(f"open-file limit {limit} is too low for {s.idle_workers} sockets")
-        with ServerProcess() as server:
-            self.log(f"server at {server.url} (pid {server.pid}, open-file limit {limit})")
-            clients = [
-                ClientHandle(self._plan(i, server.url, n), idle_client_main)
-                for i, n in enumerate(split(s.idle_workers, s.processes))
-            ]
-            try:
+        clients: list[ClientHandle] = []
+        try:
+            with ServerProcess() as server:
+                self.log(f"server at {server.url} (pid {server.pid}, open-file limit {limit})")
+                clients = [
+                    ClientHandle(self._plan(i, server.url, n), idle_client_main)
+                    for i, n in enumerate(split(s.idle_workers, s.processes))
+                ]
                 result = self._measure(server.pid, clients)
-            finally:
-                closing = call_all(clients, "close", timeout=120.0)
-                for client in clients:
-                    client.process.join(10.0)
-                    if client.process.is_alive():
-                        client.process.kill()
-        result["fleet_at_end"] = {
-            "open": sum(c["open"] for c in closing),
-            "closed_by_server": sum(c["closed_by_server"] for c in closing),
-        }
+                # the fleet's sockets close before the floor's open: both may not fit the open-file limit
+                fleet = call_all(clients, "release", timeout=120.0)
+            result["fleet_at_end"] = {
+                "open": sum(c["open"] for c in fleet),
+                "closed_by_server": sum(c["closed_by_server"] for c in fleet),
+            }
+            floor = self._floor(clients) if s.floor else None
+        finally:
+            call_all(clients, "close", timeout=120.0)
+            for client in clients:
+                client.process.join(10.0)
+                if client.process.is_alive():
+                    client.process.kill()
+        status = result["idle_cpu"]["with_status"]
+        result["idle_cpu"]["floor"] = floor
+        result["idle_cpu"]["server_vs_floor"] = (
+            ratio(status["server_cpu_us_per_frame"], floor["cpu_us_per_frame"]) if floor else None
+        )
         return result
+
+    def _floor(self, clients: list[ClientHandle]) -> dict[str, Any]:
+        """The third window: the same clients, the same status frames, a server that only counts bytes."""
+        s = self.settings
+        with FloorProcess() as floor:
+            self.log(f"receive floor at port {floor.port} ({floor.event_loop}, pid {floor.pid})")
+            opened = call_all(clients, "floor", "127.0.0.1", floor.port, timeout=600.0)
+            connections = sum(r["connected"] for r in opened)
+            frame_bytes = int(opened[0]["frame_bytes"])
+            self.log(f"{connections} floor connections; status frames for {s.window:g} s")
+            received: list[int] = []
+            window = self._window(
+                floor.pid,
+                clients,
+                start=lambda: None,  # the clients send from the moment they are connected
+                frames_per_s=connections / s.status_every,
+                prefix="",
+                on_edge=lambda: received.append(floor.counts()["bytes"]),
+            )
+            accepted = floor.counts()["accepted"]
+        return {
+            "event_loop": floor.event_loop,
+            "connections": connections,
+            "accepted": accepted,
+            "connect_errors": sum(r["errors"] for r in opened),
+            "connect_error_examples": [e for r in opened for e in r["error_examples"]][:3],
+            "frame_bytes": frame_bytes,
+            **window,
+            "frames_per_s_received": round((received[1] - received[0]) / frame_bytes / window["seconds"], 1),
+        }
 
     def _plan(self, index: int, url: str, workers: int) -> IdlePlan:
         s = self.settings
@@ -136,9 +188,18 @@ class IdleBench:
         rss_after = server.memory_info().rss
         self.log(f"{registered} registered in {last - first:.1f} s; idle CPU, silent: {s.window:g} s")
         quiet = busy_cores(1.0)
-        silent = self._window(pid, clients, status=False, profile=None)
+        pings = s.idle_workers / s.ping_every if s.ping_every > 0 else 0.0
+        silent = self._window(
+            pid, clients, start=lambda: call_all(clients, "traffic", False, timeout=60.0), frames_per_s=pings
+        )
         self.log(f"idle CPU with a status update every {s.status_every:g} s per worker: {s.window:g} s")
-        status = self._window(pid, clients, status=True, profile=s.profile_path)
+        status = self._window(
+            pid,
+            clients,
+            start=lambda: call_all(clients, "traffic", True, timeout=60.0),
+            frames_per_s=pings + s.idle_workers / s.status_every,
+            profile=s.profile_path,
+        )
         return {
             "benchmark": "dispatch-idle",
             **environment(),
@@ -163,35 +224,59 @@ class IdleBench:
         }
 
     def _window(
-        self, pid: int, clients: list[ClientHandle], status: bool, profile: Path | None
+        self,
+        pid: int,
+        clients: list[ClientHandle],
+        start: Callable[[], object],
+        frames_per_s: float,
+        profile: Path | None = None,
+        prefix: str = "server_",
+        on_edge: Callable[[], object] = lambda: None,
     ) -> dict[str, Any]:
+        """CPU of process `pid` over one window once `start` set the traffic going; keys with `prefix`."""
         s = self.settings
-        call_all(clients, "traffic", status, timeout=60.0)
+        start()
         time.sleep(min(s.status_every, s.window))  # the first round of frames is under way
         recorder = PySpyRecorder(pid, profile) if profile is not None else None
         if recorder is not None:
             recorder.start()
-        server0, clients0 = _cpu_seconds(pid), _clients_cpu(clients)
+        on_edge()
+        (user0, system0), clients0 = _user_system(pid), _clients_cpu(clients)
         machine0, t0 = psutil.cpu_times(), time.perf_counter()
         time.sleep(s.window)
         wall = time.perf_counter() - t0
-        server_cpu, clients_cpu = _cpu_seconds(pid) - server0, _clients_cpu(clients) - clients0
+        (user1, system1), clients1 = _user_system(pid), _clients_cpu(clients)
         machine1 = psutil.cpu_times()
+        on_edge()
         if recorder is not None:
             recorder.stop()
+        user, system = user1 - user0, system1 - system0
         busy = sum(machine1) - machine1.idle - sum(machine0) + machine0.idle
-        pings = s.idle_workers / s.ping_every if s.ping_every > 0 else 0.0
-        frames_per_s = pings + (s.idle_workers / s.status_every if status else 0.0)
         return {
             "seconds": round(wall, 3),
-            "server_cpu_percent_of_core": round(100.0 * server_cpu / wall, 3),
-            "clients_cpu_percent_of_core": round(100.0 * clients_cpu / wall, 3),
+            f"{prefix}cpu_percent_of_core": round(100.0 * (user + system) / wall, 3),
+            f"{prefix}user_percent_of_core": round(100.0 * user / wall, 3),
+            f"{prefix}system_percent_of_core": round(100.0 * system / wall, 3),
+            "clients_cpu_percent_of_core": round(100.0 * (clients1 - clients0) / wall, 3),
             "machine_busy_cores": ratio(busy, wall),
             "frames_per_s_sent": round(frames_per_s, 1),
-            "server_cpu_us_per_frame": (
-                round(1e6 * server_cpu / (frames_per_s * wall), 2) if frames_per_s > 0 else None
+            f"{prefix}cpu_us_per_frame": (
+                round(1e6 * (user + system) / (frames_per_s * wall), 2) if frames_per_s > 0 else None
             ),
         }
+
+
+def _window_cells(w: dict[str, Any], name: str, prefix: str) -> tuple[str, str]:
+    frames = fmt_num(w["frames_per_s_sent"], " frames/s", 0)
+    each = fmt_num(w[f"{prefix}cpu_us_per_frame"], " us")
+    split_cpu = (
+        f"user {fmt_num(w[f'{prefix}user_percent_of_core'], ' %', 2)}"
+        f" + sys {fmt_num(w[f'{prefix}system_percent_of_core'], ' %', 2)}"
+    )
+    others = f"clients {fmt_num(w['clients_cpu_percent_of_core'], ' %', 1)}"
+    machine = f"machine {fmt_num(w['machine_busy_cores'], ' cores', 2)}"
+    value = f"{name} {fmt_num(w[f'{prefix}cpu_percent_of_core'], ' %', 2)} of a core"
+    return value, f"{split_cpu}; {frames}, {each} each; {others}; {machine}"
 
 
 def _targets(registered: int, seconds: float, rss_delta: int, status: dict[str, Any]) -> dict[str, Any]:
@@ -233,14 +318,25 @@ def idle_table(result: dict[str, Any]) -> Table:
         f"{fmt_num(mem['kb_per_worker'], ' KB', 2)} per worker",
         f"RSS {mem['server_rss_before_mb']} -> {mem['server_rss_after_mb']} MB",
     )
+    idle = result["idle_cpu"]
     for label, key in (("idle CPU, silent", "silent"), ("idle CPU, with status", "with_status")):
-        w = result["idle_cpu"][key]
-        frames = fmt_num(w["frames_per_s_sent"], " frames/s", 0)
-        each = fmt_num(w["server_cpu_us_per_frame"], " us")
-        others = f"clients {fmt_num(w['clients_cpu_percent_of_core'], ' %', 1)}"
-        machine = f"machine {fmt_num(w['machine_busy_cores'], ' cores', 2)}"
-        server = f"server {fmt_num(w['server_cpu_percent_of_core'], ' %', 2)} of a core"
-        table.add_row(label, server, f"{frames}, {each} each; {others}; {machine}")
+        table.add_row(label, *_window_cells(idle[key], "server", "server_"))
+    floor = idle.get("floor")
+    if floor:
+        value, note = _window_cells(floor, "floor", "")
+        received = fmt_num(floor["frames_per_s_received"], "/s", 0)
+        table.add_row(
+            "idle CPU, receive floor",
+            value,
+            f"{note}; {received} received, {floor['frame_bytes']} B each; {floor['event_loop']}",
+        )
+        table.add_row(
+            "server vs floor",
+            fmt_num(idle["server_vs_floor"], " x", 2),
+            "server us per status frame / floor us per frame (same run, same frames)",
+        )
+    else:
+        table.add_row("idle CPU, receive floor", "not measured", "--no-floor")
     end = result["fleet_at_end"]
     table.add_row(
         "fleet at the end", f"{end['open']} open", f"{end['closed_by_server']} closed by the server"

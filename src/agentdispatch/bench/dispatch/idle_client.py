@@ -9,6 +9,11 @@ sends the periodic traffic, spread evenly: with status on, an UpdateWorkerStatus
 when that is > 0. Each process connects from its own loopback source address (127.0.0.<2+index>),
 so 50,000 sockets to one server port do not run out of ephemeral ports. Times are
 `time.perf_counter()` (CLOCK_MONOTONIC, one clock for all processes of the machine).
+
+For the receive floor (floor.py) the same process first releases its workers (their WebSockets are
+closed: 10,000 more sockets per side may not fit the open-file limit), then opens as many plain TCP
+connections to the floor server, from the same source address, and the same ticker sends each of them
+the same status frame bytes at the same period and spread.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import base64
 import contextlib
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -88,7 +93,26 @@ def _first_frame(data: bytes) -> bytes | None:
     return data[offset : offset + size]
 
 
-class IdleWorker(asyncio.Protocol):
+class PlainConnection(asyncio.Protocol):
+    """A plain TCP connection to the floor server: it only writes what the ticker hands it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(frame)
+
+
+class IdleWorker(PlainConnection):
     """One worker on a raw socket: upgrade, register, then only write what the ticker hands it.
 
     What the server sends after the register response (nothing, for an idle worker, but pongs) is
@@ -96,19 +120,18 @@ class IdleWorker(asyncio.Protocol):
     """
 
     def __init__(self, upgrade: bytes, register: bytes, done: asyncio.Future[None]) -> None:
+        super().__init__()
         self._upgrade = upgrade
         self._register = register
         self._done = done
         self._buffer = b""
         self._stage = 0  # 0: upgrading, 1: registering, 2: registered
-        self.transport: asyncio.Transport | None = None
         self.received = 0
-        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._upgrade)
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.transport.write(self._upgrade)
 
     def data_received(self, data: bytes) -> None:
         if self._stage == 2:
@@ -141,19 +164,17 @@ class IdleWorker(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+        super().connection_lost(exc)
         self._fail("connection lost")
-
-    def send(self, frame: bytes) -> None:
-        if self.transport is not None and not self.lost:
-            self.transport.write(frame)
 
 
 class IdleFleet:
     def __init__(self, plan: IdlePlan) -> None:
         self.plan = plan
         self.workers: list[IdleWorker] = []
+        self.plain: list[PlainConnection] = []
         self.errors: list[str] = []
+        self._released: dict[str, Any] | None = None
         self._ticker: asyncio.Task[None] | None = None
         token = api.AccessToken(plan.api_key, plan.api_secret).with_grants(api.VideoGrants(agent=True))
         url = urlsplit(plan.url)
@@ -219,22 +240,69 @@ class IdleFleet:
     async def traffic(self, status: bool) -> dict[str, Any]:
         """(Re)start the periodic frames: pings if `ping_every` > 0, status updates when `status`."""
         await self._stop_ticker()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick(status), name="idle-ticker")
+        self._start_ticker(self.workers, self.plan.ping_every, self.plan.status_every if status else 0.0)
         return {"open": sum(1 for w in self.workers if not w.lost)}
 
-    async def _tick(self, status: bool) -> None:
-        """Each tick sends its share so that every worker gets one frame of each kind per period."""
-        n = len(self.workers)
-        pings = _Spread(n, self.plan.ping_every)
-        statuses = _Spread(n, self.plan.status_every)
+    async def release(self) -> dict[str, Any]:
+        """Stop the traffic and close every worker's WebSocket; what the fleet looked like before."""
+        await self._stop_ticker()
+        self._released = self._fleet_summary()
+        for worker in self.workers:
+            if worker.transport is not None:
+                worker.transport.close()
+        self.workers = []
+        await asyncio.sleep(0.1)
+        return self._released
+
+    async def floor(self, host: str, port: int) -> dict[str, Any]:
+        """Open `workers` plain connections to the floor server and send them the status traffic."""
+        await self._stop_ticker()
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.plan.concurrency)
+        source = (f"127.0.0.{2 + self.plan.index}", 0)
+        errors: list[str] = []
+
+        async def one() -> None:
+            async with slots:
+                try:
+                    _, conn = await wait_for(
+                        loop.create_connection(PlainConnection, host, port, local_addr=source), 60.0
+                    )
+                except (OSError, TimeoutError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    return
+                self.plain.append(conn)
+
+        await asyncio.gather(*(one() for _ in range(self.plan.workers)))
+        self._start_ticker(self.plain, 0.0, self.plan.status_every)
+        return {
+            "connected": len(self.plain),
+            "errors": len(errors),
+            "error_examples": errors[:3],
+            "frame_bytes": len(self._status),
+        }
+
+    def _start_ticker(
+        self, targets: Sequence[PlainConnection], ping_every: float, status_every: float
+    ) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(
+            self._tick(targets, ping_every, status_every), name="idle-ticker"
+        )
+
+    async def _tick(self, targets: Sequence[PlainConnection], ping_every: float, status_every: float) -> None:
+        """Each tick sends its share so that every target gets one frame of each kind per period (0: none)."""
+        n = len(targets)
+        pings = _Spread(n, ping_every)
+        statuses = _Spread(n, status_every)
         while True:
             await asyncio.sleep(TICK)
-            ping = self._ping()
-            for i in pings.due():
-                self.workers[i].send(ping)
-            if status:
-                for i in statuses.due():
-                    self.workers[i].send(self._status)
+            due = pings.due()
+            if due:
+                ping = self._ping()
+                for i in due:
+                    targets[i].send(ping)
+            for i in statuses.due():
+                targets[i].send(self._status)
 
     async def _stop_ticker(self) -> None:
         task, self._ticker = self._ticker, None
@@ -243,15 +311,20 @@ class IdleFleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def aclose(self) -> dict[str, Any]:
-        await self._stop_ticker()
+    def _fleet_summary(self) -> dict[str, Any]:
         open_now = sum(1 for w in self.workers if not w.lost)
         received = sum(w.received for w in self.workers)
-        for worker in self.workers:
-            if worker.transport is not None:
-                worker.transport.close()
-        await asyncio.sleep(0.1)
         return {"open": open_now, "closed_by_server": len(self.workers) - open_now, "received": received}
+
+    async def aclose(self) -> dict[str, Any]:
+        """Close everything; the fleet's summary as it was at release, or as it is now if never released."""
+        await self._stop_ticker()
+        summary = self._released or self._fleet_summary()
+        for conn in [*self.plain, *self.workers]:
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0.1)
+        return summary
 
 
 class _Spread:
@@ -283,6 +356,8 @@ async def _serve(plan: IdlePlan, conn: Connection) -> None:
     handlers: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
         "register": fleet.register,
         "traffic": fleet.traffic,
+        "release": fleet.release,
+        "floor": fleet.floor,
     }
     try:
         while True:
