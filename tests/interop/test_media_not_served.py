@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from livekit import api
 from livekit.protocol import agent
@@ -26,6 +27,23 @@ def _spawn(cmd: list[str], log: object, env: dict[str, str] | None = None) -> su
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=log)  # type: ignore[arg-type]
 
 
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def _wait_registered(url: str, agent_name: str, worker: subprocess.Popen[bytes], log: Path) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(1200):  # bounds a hang only
+            if worker.poll() is not None:
+                raise AssertionError(f"worker exited with {worker.returncode}:\n{_tail(log)}")
+            async with http.get(f"{url}/admin/workers") as resp:
+                workers = (await resp.json())["workers"] if resp.status == 200 else []
+            if any(w["agent_name"] == agent_name for w in workers):
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"worker {agent_name!r} did not register:\n{_tail(log)}")
+
+
 async def test_ctx_connect_against_our_server_says_media_is_not_served(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -39,6 +57,8 @@ async def test_ctx_connect_against_our_server_says_media_is_not_served(tmp_path:
         env = {**os.environ, "AGENT_NAME": "media"}
         cmd = [sys.executable, str(HERE / "media_agent.py"), "start", "--url", f"ws://127.0.0.1:{port}"]
         worker = _spawn([*cmd, "--api-key", "devkey", "--api-secret", "secret"], worker_log, env)
+        # dispatch once the worker is registered: its start-up on a busy machine may outlast the deadline
+        await _wait_registered(url, "media", worker, tmp_path / "worker.log")
         await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(agent_name="media", room="m"))
         job = None
         for _ in range(900):  # bounds a hang only

@@ -23,6 +23,7 @@ from ..protocol import (
     decode_worker_message,
     new_id,
 )
+from ..protocol.codec import Encoding
 from ..protocol.ids import new_dispatch_id, new_job_id, new_room_sid
 from ..util import SYSTEM_CLOCK, Clock
 from ..util.aio import wait_for
@@ -30,11 +31,23 @@ from .config import ServerConfig
 from .dispatcher import Dispatcher
 from .session import OutboxLimits, SessionState, WorkerSession, validate_register
 from .store import StoreUnavailable
+from .ws_frames import InlineFrameQueue, InlineHandler, InlineWebSocketResponse
 
 log = logging.getLogger("agentdispatch.server.agent")
 
 CLOSE_POLICY = aiohttp.WSCloseCode.POLICY_VIOLATION
 CLOSE_TOO_BIG = aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+#: frames a registered worker's connection handles where they are parsed (ws_frames.py): synchronous
+#: handlers only; everything else goes through the connection's task, in order
+INLINE_KINDS = frozenset({"update_worker", "ping"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A frame decoded on arrival and queued for the connection's task (it is not decoded twice)."""
+
+    msg: agent.WorkerMessage
+    encoding: Encoding
 
 
 def authorize_worker(request: web.Request, keys: KeyRing) -> str:
@@ -106,7 +119,7 @@ class AgentEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         cfg = self._deps.config
-        ws = web.WebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=None, autoping=True)
+        ws = InlineWebSocketResponse(max_msg_size=cfg.max_frame_bytes, heartbeat=None, autoping=True)
         if not ws.can_prepare(request).ok:
             raise web.HTTPNotFound(text="/agent accepts WebSocket upgrades only")
         if self._closing:
@@ -122,7 +135,7 @@ class AgentEndpoint:
         session.on_drained = lambda: self._deps.dispatcher.worker_available(session)
         self._sessions.add(session)
         try:
-            await self._serve(session)
+            await self._serve(session, ws.frames)
         except ProtocolError as exc:
             log.warning("protocol violation, closing", extra={"worker_id": session.id, "error": str(exc)})
             await ws.close(code=CLOSE_POLICY, message=str(exc)[:120].encode())
@@ -191,16 +204,23 @@ class AgentEndpoint:
             return None
         if frame.type == aiohttp.WSMsgType.ERROR:
             exc = ws.exception()
-            if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
-                raise ProtocolError(f"frame larger than {self._deps.config.max_frame_bytes} bytes")
+            if isinstance(exc, aiohttp.WebSocketError):
+                if exc.code == CLOSE_TOO_BIG:
+                    raise ProtocolError(f"frame larger than {self._deps.config.max_frame_bytes} bytes")
+            elif exc is not None and not isinstance(exc, ConnectionError):
+                # not the peer's doing: a failure while handling a frame inline (ws_frames.py) ends here
+                log.error("worker connection failed", extra={"worker_id": session.id}, exc_info=exc)
             return None
         if frame.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
             raise ProtocolError(f"unexpected frame type {frame.type.name}")
-        msg, encoding = decode_worker_message(frame.data)
+        if isinstance(frame.data, Decoded):
+            msg, encoding = frame.data.msg, frame.data.encoding
+        else:
+            msg, encoding = decode_worker_message(frame.data)
         session.encoding = encoding
         return msg
 
-    async def _serve(self, session: WorkerSession) -> None:
+    async def _serve(self, session: WorkerSession, frames: InlineFrameQueue) -> None:
         cfg = self._deps.config
         deadline = self._deps.clock.monotonic() + cfg.register_timeout
         while session.state is SessionState.CONNECTED:
@@ -213,13 +233,14 @@ class AgentEndpoint:
                 return
             which = msg.WhichOneof("message")
             if which == "ping":
-                await self._pong(session, msg.ping)
+                self._pong(session, msg.ping)
             elif which == "register":
                 await self._register(session, msg.register)
             else:
                 raise ProtocolError(f"first message must be register, got {which}")
         liveness = 3 * session.registration.ping_interval
         watchdog = Liveness(liveness)
+        frames.inline = self._inline_handler(session, frames, watchdog)
         try:
             while True:
                 msg = await self._receive(
@@ -235,7 +256,40 @@ class AgentEndpoint:
                         extra={"worker_id": session.id, "frame": msg.WhichOneof("message"), "error": exc.msg},
                     )
         finally:
+            frames.inline = None
             watchdog.stop()
+
+    def _inline_handler(
+        self, session: WorkerSession, frames: InlineFrameQueue, watchdog: Liveness
+    ) -> InlineHandler:
+        """The synchronous first look at each data frame of a registered worker (ws_frames.py)."""
+        dispatcher = self._deps.dispatcher
+        ws = session.ws
+
+        def inline(message: aiohttp.WSMessage) -> aiohttp.WSMessage | None:
+            try:
+                msg, encoding = decode_worker_message(message.data)
+            except ProtocolError:
+                return message  # the task decodes it again and closes the connection with the reason
+            which = msg.WhichOneof("message")
+            # in order only while nothing earlier is queued or being handled by the task
+            if which not in INLINE_KINDS or not (watchdog.waiting and frames.empty) or ws.closed:
+                return message._replace(data=Decoded(msg, encoding))
+            session.encoding = encoding
+            watchdog.last_frame_at = watchdog.loop.time()
+            if which == "ping":
+                self._pong(session, msg.ping)
+                return None
+            try:
+                dispatcher.worker_status(session, msg.update_worker)
+            except StoreUnavailable as exc:
+                log.warning(
+                    "store unavailable; worker frame not applied",
+                    extra={"worker_id": session.id, "frame": which, "error": exc.msg},
+                )
+            return None
+
+        return inline
 
     async def _register(self, session: WorkerSession, req: agent.RegisterWorkerRequest) -> None:
         reg = validate_register(req, self._deps.config.default_ping_interval)
@@ -266,7 +320,7 @@ class AgentEndpoint:
             )
         self._deps.dispatcher.worker_registered(session)
 
-    async def _pong(self, session: WorkerSession, ping: agent.WorkerPing) -> None:
+    def _pong(self, session: WorkerSession, ping: agent.WorkerPing) -> None:
         pong = agent.WorkerPong(
             last_timestamp=ping.timestamp, timestamp=self._deps.clock.wall_ns() // 1_000_000
         )
@@ -282,7 +336,7 @@ class AgentEndpoint:
         elif which == "update_job":
             await dispatcher.on_job_update(session, msg.update_job)
         elif which == "ping":
-            await self._pong(session, msg.ping)
+            self._pong(session, msg.ping)
         elif which == "migrate_job":
             await dispatcher.migrate(session, msg.migrate_job)
         elif which == "simulate_job":

@@ -1,0 +1,76 @@
+"""A WebSocket response for `/agent` whose data frames can be handled where they are parsed.
+
+aiohttp parses WebSocket frames in `data_received` (its compiled reader) and puts each message on a
+queue; the connection's handler task wakes up, `receive()` takes the message off and returns it. For the
+frames an idle fleet sends (a status report from every worker every 2.5 s, pings), that wake-up and
+`receive()` were most of the server's cost per frame. `InlineFrameQueue` offers each data message to a
+synchronous `inline` callback first: it handles what is safe to handle on the spot and returns None, or
+returns the message (possibly with its decoded form attached) to go through the queue as before.
+
+Order is kept by the caller's rule: it handles a frame inline only while the queue is empty and the
+handler task is parked in `receive()` (nothing received earlier is still waiting or being handled).
+Control frames (ping, pong, close) and errors always go through the queue, so aiohttp's close handshake
+and automatic pong work unchanged.
+
+This reaches into aiohttp's WebSocketResponse (`_post_start`) and its compiled queue class, both of the
+pinned aiohttp version; tests/server/test_agent_inline_frames.py fails if either changes shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+
+#: given a data message, handle it and return None, or return what the queue should carry instead
+InlineHandler = Callable[[Any], Any]
+
+_DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
+
+
+class InlineFrameQueue(WebSocketDataQueue):
+    """aiohttp's message queue with a synchronous first look at each data message."""
+
+    inline: InlineHandler | None = None
+    #: data messages handled inline (for tests and metrics)
+    handled_inline = 0
+
+    def feed_data(self, data: Any, size: int) -> None:
+        inline = self.inline
+        if inline is not None and data[0] in _DATA:
+            passed = inline(data)
+            if passed is None:
+                self.handled_inline += 1
+                return
+            data = passed
+        super().feed_data(data, size)
+
+    @property
+    def empty(self) -> bool:
+        return not self._buffer
+
+
+class InlineWebSocketResponse(web.WebSocketResponse):
+    """A WebSocketResponse whose reader feeds an InlineFrameQueue (`frames`)."""
+
+    frames: InlineFrameQueue
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
+        # the same steps as aiohttp's own _post_start, with our queue in place of its WebSocketDataQueue
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("prepare() runs on a loop")
+        self.frames = InlineFrameQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=loop)
+        self._reader = self.frames
+        self._parser = WebSocketReader(
+            self.frames, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
+        )
+        callback = None if self._heartbeat is None else self._on_data_received
+        request.protocol.set_parser(self._parser, data_received_cb=callback)
+        request.protocol.keep_alive(False)

@@ -1,0 +1,83 @@
+"""Frames handled where they are parsed (server/ws_frames.py): status reports and pings of a registered
+worker skip the connection task, every other frame goes through it, and the worker's order is kept."""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+import pytest
+from livekit import api
+from livekit.protocol import agent
+
+from agentdispatch.protocol import Encoding
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """One binary WebSocket frame as a client sends it (masked)."""
+    n = len(payload)
+    head = bytes([0x82]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def one_write(ws: Any, *messages: agent.WorkerMessage) -> None:
+    """Send several frames in a single socket write, so the server parses them in one go."""
+    ws._writer.transport.write(b"".join(masked_frame(m.SerializeToString()) for m in messages))
+
+
+async def test_status_reports_and_pings_are_handled_inline(harness: Any) -> None:
+    w = await harness.worker(agent_name="inline")
+    session = harness.server.registry.get(w.id)
+    before = session.ws.frames.handled_inline
+    for load in (0.1, 0.2, 0.3):
+        await w.report(load)
+    await w.sync()  # a ping; its pong comes back
+    assert session.load.reported == pytest.approx(0.3)  # float32 on the wire
+    assert session.ws.frames.handled_inline >= before + 4
+    assert any(p.last_timestamp for p in w.received.pongs)
+
+
+async def test_json_worker_status_inline_keeps_json_replies(harness: Any) -> None:
+    w = await harness.worker(agent_name="inline-json", encoding=Encoding.JSON)
+    await w.report(0.4)
+    await w.sync()
+    session = harness.server.registry.get(w.id)
+    assert session.load.reported == pytest.approx(0.4)
+    assert session.ws.frames.handled_inline >= 2
+
+
+async def test_status_after_accept_in_one_segment_is_applied_after_it(harness: Any) -> None:
+    """Accept (handled by the task) and a status report (inline-capable) parsed together: the status must
+    wait its turn. Applied first, it would leave the accepted job counted as 'assigned since the last
+    report' (projected load too high until the next report)."""
+    w = await harness.worker(agent_name="order", policy="ignore")
+    await harness.api.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="order", room="inline-order")
+    )
+    (offer,) = await w.wait_offers(1)
+    job_id = offer.job.id
+    one_write(
+        w.ws,
+        agent.WorkerMessage(availability=agent.AvailabilityResponse(job_id=job_id, available=True)),
+        agent.WorkerMessage(update_worker=agent.UpdateWorkerStatus(load=0.25, job_count=1)),
+    )
+    await w.wait_assignments(1)
+    await w.sync()
+    session = harness.server.registry.get(w.id)
+    assert session.load.reported == 0.25
+    assert job_id in session.load.jobs
+    assert job_id not in session.load.since_report, "the status report was applied before the accept"
+
+
+async def test_garbage_after_a_good_frame_still_closes_with_the_reason(harness: Any) -> None:
+    w = await harness.worker(agent_name="garbage")
+    one_write(
+        w.ws,
+        agent.WorkerMessage(update_worker=agent.UpdateWorkerStatus(load=0.5)),
+    )
+    w.ws._writer.transport.write(masked_frame(b"\xff\xff\xff not protobuf"))
+    await harness.wait_for(lambda: w.ws.closed, what="the server closing the connection")
+    assert w.ws.close_code == 1008  # policy violation, as for a garbage frame handled by the task
+    await harness.wait_for(lambda: harness.server.registry.get(w.id) is None, what="the worker removed")
