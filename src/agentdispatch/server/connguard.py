@@ -49,7 +49,7 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-@dataclass
+@dataclass(slots=True)
 class _Conn:
     opened: float
     idle_since: float

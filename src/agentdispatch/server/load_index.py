@@ -4,6 +4,11 @@ A worker's *projected* load is its last reported load plus, for every job offere
 to it since that report, a per-job estimate. The best candidate has the lowest projection;
 ties are broken randomly. The index keeps a heap with lazy deletion, so picking among
 thousands of workers costs O(log n) instead of a scan.
+
+A heap entry is `(projected, stamp, worker_id)`, one per worker and key while nothing changes (issue
+12, P4: memory per idle worker). The stamp is one int: random high bits (the tie-break) over a
+counter (unique, so no two entries compare equal); the worker's current stamp, negated while it is
+not eligible, is what marks older entries stale.
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ import heapq
 import random
 from collections.abc import Callable, Collection
 
+#: bits of an entry's stamp taken by the update counter (below them: random tie-break bits above)
+COUNTER_BITS = 40
+TIE_BREAK_BITS = 20
+
+Entry = tuple[float, int, str]
+
 
 class LoadIndex:
     """Candidates for one worker key, ordered by projected load."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
-        self._heap: list[tuple[float, float, int, str]] = []
+        self._heap: list[Entry] = []
         self._version: dict[str, int] = {}
         self._counter = 0
 
@@ -31,9 +42,10 @@ class LoadIndex:
     def update(self, worker_id: str, projected: float, eligible: bool) -> None:
         """Record a worker's new projection; an ineligible worker is kept but never picked."""
         self._counter += 1
-        self._version[worker_id] = self._counter if eligible else -self._counter
+        stamp = self._rng.getrandbits(TIE_BREAK_BITS) << COUNTER_BITS | self._counter
+        self._version[worker_id] = stamp if eligible else -stamp
         if eligible:
-            heapq.heappush(self._heap, (projected, self._rng.random(), self._counter, worker_id))
+            heapq.heappush(self._heap, (projected, stamp, worker_id))
         self._compact_if_needed()
 
     def remove(self, worker_id: str) -> None:
@@ -42,12 +54,12 @@ class LoadIndex:
     def best(self, exclude: Collection[str] = (), accept: Callable[[str], bool] | None = None) -> str | None:
         """The eligible worker with the lowest projection, not in `exclude` and passing `accept`."""
         heap = self._heap
-        skipped: list[tuple[float, float, int, str]] = []
+        skipped: list[Entry] = []
         found: str | None = None
         while heap:
             entry = heap[0]
-            worker_id = entry[3]
-            if self._version.get(worker_id) != entry[2]:
+            worker_id = entry[2]
+            if self._version.get(worker_id) != entry[1]:
                 heapq.heappop(heap)  # stale entry
                 continue
             if worker_id in exclude or (accept is not None and not accept(worker_id)):
@@ -61,5 +73,5 @@ class LoadIndex:
 
     def _compact_if_needed(self) -> None:
         if len(self._heap) > 64 and len(self._heap) > 4 * max(1, len(self._version)):
-            self._heap = [e for e in self._heap if self._version.get(e[3]) == e[2]]
+            self._heap = [e for e in self._heap if self._version.get(e[2]) == e[1]]
             heapq.heapify(self._heap)

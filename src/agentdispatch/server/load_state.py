@@ -1,25 +1,50 @@
-"""The numbers behind one worker's projected load. Only WorkerRegistry writes them."""
+"""The numbers behind one worker's projected load. Only WorkerRegistry writes them.
+
+One LoadState per connected worker, so it is kept small (issue 12, P4: server memory per idle
+worker): slots, and the three job-id sets are the shared empty `NO_JOBS` until a job id goes in and
+again once the last one leaves (an empty set costs 216 bytes; an idle worker has three).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Set
+from dataclasses import dataclass
 
 #: extra projected load of each unanswered offer to a worker that has never answered one: a new or
 #: silent worker holds at most two offers (0.6, then 1.2 = full) while workers that answer take the rest
 PROBATION_WEIGHT = 0.5
 
+#: the job-id set of a worker that has none (shared by every LoadState; never mutated)
+NO_JOBS: frozenset[str] = frozenset()
 
-@dataclass
+
+def with_job(jobs: Set[str], job_id: str) -> Set[str]:
+    """`jobs` with `job_id` in it: the same set when it is one of ours, a new set for `NO_JOBS`."""
+    if isinstance(jobs, set):
+        jobs.add(job_id)
+        return jobs
+    return {*jobs, job_id}
+
+
+def without_job(jobs: Set[str], job_id: str) -> Set[str]:
+    """`jobs` without `job_id`; `NO_JOBS` once it is empty (the emptied set is dropped)."""
+    if isinstance(jobs, set):
+        jobs.discard(job_id)
+        return jobs if jobs else NO_JOBS
+    return jobs - {job_id} if job_id in jobs else jobs
+
+
+@dataclass(slots=True)
 class LoadState:
     """The numbers behind one worker's projection. Written by WorkerRegistry only."""
 
     reported: float = 0.0
     #: jobs assigned since the last status report and still running (each adds `per_job_load`)
-    since_report: set[str] = field(default_factory=set)
+    since_report: Set[str] = NO_JOBS
     #: jobs offered and not yet answered (each adds `per_job_load`)
-    offers: set[str] = field(default_factory=set)
+    offers: Set[str] = NO_JOBS
     #: jobs this worker runs (assigned or migrated), ended ones removed
-    jobs: set[str] = field(default_factory=set)
+    jobs: Set[str] = NO_JOBS
     #: offers allowed before the next capacity signal; None = unlimited (governed by the projection)
     credit: int | None = None
     #: consecutive unanswered offers, and the monotonic time before which it gets no offer
@@ -29,6 +54,9 @@ class LoadState:
     answered_any: bool = False
     #: monotonic time of the last status report (None until the worker sends one)
     last_status_at: float | None = None
+    #: projected load and eligibility at the registry's last re-rank (None: not ranked since it joined)
+    ranked_load: float | None = None
+    ranked_eligible: bool = False
 
     def projected(self, per_job_load: float) -> float:
         open_offers = len(self.offers)

@@ -180,7 +180,7 @@ class FleetObserver:
             self._workers.pop(w.worker_id, None)
             if not self._held.get(w.worker_id):
                 self._held.pop(w.worker_id, None)
-        else:
+        elif self.source is None:  # with a source, workers are read from it: no copy per worker here
             self._workers[w.worker_id] = w
         if not listening:
             return None
@@ -257,7 +257,10 @@ class FleetObserver:
 
     # -- reading -----------------------------------------------------------------------------------
     def worker(self, worker_id: str) -> WorkerSummary | None:
-        """One worker as its last event showed it, with the jobs it holds now (O(1), for live patches)."""
+        """One worker now (O(1), for live patches): from the source when there is one, else as its last
+        event showed it, with the jobs it holds now."""
+        if self.source is not None:
+            return self.source.worker(worker_id)
         w = self._workers.get(worker_id)
         if w is None:
             return None

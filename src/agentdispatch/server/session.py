@@ -14,6 +14,7 @@ import contextlib
 import enum
 import logging
 import re
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ _ALLOWED = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Registration:
     agent_name: str
     namespace: str
@@ -66,6 +67,20 @@ class Registration:
             (self.agent_name, self.namespace, self.job_type, self.deployment),
             (self.agent_name, self.namespace, self.job_type, ANY_DEPLOYMENT),
         )
+
+    def index_keys(self) -> tuple[WorkerKey, ...]:
+        """The keys a job can look this worker up by (`job_key`): a job names a deployment or none
+        (`*`), so a worker without a deployment is found under `*` only, and needs one index entry."""
+        if self.deployment in ("", ANY_DEPLOYMENT):
+            return ((self.agent_name, self.namespace, self.job_type, ANY_DEPLOYMENT),)
+        return self.worker_keys()
+
+
+#: what a worker may do in its job's room when it does not say (shared by those workers: never mutate
+#: a Registration's permissions)
+DEFAULT_PERMISSIONS = models.ParticipantPermission(
+    can_subscribe=True, can_publish=True, can_publish_data=True, can_update_metadata=True
+)
 
 
 def job_key(job: agent.Job) -> WorkerKey:
@@ -83,20 +98,18 @@ def validate_register(req: agent.RegisterWorkerRequest, default_ping: float) -> 
         raise ProtocolError("register: deployment must not contain '_', whitespace or control characters")
     if len(req.agent_name.encode()) > MAX_NAME_BYTES:
         raise ProtocolError(f"register: agent_name longer than {MAX_NAME_BYTES} bytes")
-    if req.HasField("allowed_permissions"):
+    permissions = DEFAULT_PERMISSIONS
+    if req.HasField("allowed_permissions") and req.allowed_permissions != DEFAULT_PERMISSIONS:
         permissions = models.ParticipantPermission()
         permissions.CopyFrom(req.allowed_permissions)
-    else:
-        permissions = models.ParticipantPermission(
-            can_subscribe=True, can_publish=True, can_publish_data=True, can_update_metadata=True
-        )
     ping = float(req.ping_interval) if req.ping_interval > 0 else default_ping
+    # a fleet registers the same few names thousands of times: one copy of each string, not one a worker
     return Registration(
-        agent_name=req.agent_name,
-        namespace=req.namespace,
+        agent_name=sys.intern(req.agent_name),
+        namespace=sys.intern(req.namespace),
         job_type=req.type,
-        deployment=deployment,
-        version=req.version,
+        deployment=sys.intern(deployment),
+        version=sys.intern(req.version),
         ping_interval=ping,
         permissions=permissions,
     )
@@ -106,7 +119,7 @@ def validate_register(req: agent.RegisterWorkerRequest, default_ping: float) -> 
 SMALL_FRAME = 16 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutboxLimits:
     #: bytes queued for one worker above which it gets no new offers (x4: it is disconnected)
     max_bytes: int = 8 * 1024 * 1024
@@ -115,7 +128,29 @@ class OutboxLimits:
 
 
 class WorkerSession:
-    """A connected worker. The endpoint owns the connection; the registry owns `load`."""
+    """A connected worker. The endpoint owns the connection; the registry owns `load`.
+
+    One per connection, so slots (issue 12, P4: server memory per idle worker)."""
+
+    __slots__ = (
+        "_limits",
+        "_queue",
+        "_queued_bytes",
+        "_transport",
+        "_writer",
+        "api_key",
+        "close_reason",
+        "connected_at_ns",
+        "draining",
+        "encoding",
+        "id",
+        "load",
+        "on_drained",
+        "reg",
+        "state",
+        "status",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -126,7 +161,7 @@ class WorkerSession:
         connected_at_ns: int = 0,
     ) -> None:
         self.ws = ws
-        self.api_key = api_key
+        self.api_key = sys.intern(api_key)  # the same few keys for the whole fleet
         self.id = new_worker_id()
         self.state = SessionState.CONNECTED
         self.encoding = Encoding.BINARY
