@@ -81,3 +81,49 @@ async def test_garbage_after_a_good_frame_still_closes_with_the_reason(harness: 
     await harness.wait_for(lambda: w.ws.closed, what="the server closing the connection")
     assert w.ws.close_code == 1008  # policy violation, as for a garbage frame handled by the task
     await harness.wait_for(lambda: harness.server.registry.get(w.id) is None, what="the worker removed")
+
+
+async def test_a_repeated_report_only_refreshes_its_time(harness: Any) -> None:
+    w = await harness.worker(agent_name="repeat")
+    await w.report(0.2)
+    await w.sync()
+    session = harness.server.registry.get(w.id)
+    first = session.load.last_status_at
+    await w.report(0.2)
+    await w.sync()
+    assert session.load.last_status_at > first
+    assert session.load.reported == pytest.approx(0.2)
+
+
+async def test_a_report_repeated_after_another_one_went_through_the_task_is_applied(harness: Any) -> None:
+    """A (inline), then B queued behind a task-handled frame, then A again: the last A must count."""
+    w = await harness.worker(agent_name="repeat-order")
+    await w.report(0.1)
+    await w.sync()
+    one_write(
+        w.ws,
+        agent.WorkerMessage(availability=agent.AvailabilityResponse(job_id="AJ_unknown", available=False)),
+        agent.WorkerMessage(update_worker=agent.UpdateWorkerStatus(load=0.9)),
+    )
+    await w.sync()
+    session = harness.server.registry.get(w.id)
+    assert session.load.reported == pytest.approx(0.9)
+    await w.report(0.1)
+    await w.sync()
+    assert session.load.reported == pytest.approx(0.1), "the repeated report was taken for a heartbeat"
+
+
+@pytest.mark.parametrize("server_config", [{"status_stale_after": 0.2, "dispatch_deadline": 30.0}])
+async def test_a_repeated_report_from_a_stale_worker_pulls_the_waiting_job(harness: Any) -> None:
+    w = await harness.worker(agent_name="stale")
+    await w.report(0.0)
+    await w.sync()
+    session = harness.server.registry.get(w.id)
+    await harness.wait_for(lambda: not harness.server.registry.is_eligible(session), what="a stale status")
+    await harness.api.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="stale", room="stale-room")
+    )
+    await w.sync()
+    assert w.received.offers == []  # it waits: the only worker's status is too old
+    await w.report(0.0)  # byte for byte the report before
+    await w.wait_offers(1)

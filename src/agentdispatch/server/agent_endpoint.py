@@ -265,15 +265,30 @@ class AgentEndpoint:
         """The synchronous first look at each data frame of a registered worker (ws_frames.py)."""
         dispatcher = self._deps.dispatcher
         ws = session.ws
+        #: the last status report applied in full, as received: an idle worker repeats it every 2.5 s
+        last_status: bytes | str | None = None
 
         def inline(message: aiohttp.WSMessage) -> aiohttp.WSMessage | None:
+            nonlocal last_status
+            data = message.data
+            if (
+                data == last_status
+                and watchdog.waiting
+                and frames.empty
+                and not ws.closed
+                and dispatcher.status_heartbeat(session)
+            ):
+                watchdog.last_frame_at = watchdog.loop.time()
+                return None
             try:
-                msg, encoding = decode_worker_message(message.data)
+                msg, encoding = decode_worker_message(data)
             except ProtocolError:
+                last_status = None
                 return message  # the task decodes it again and closes the connection with the reason
             which = msg.WhichOneof("message")
             # in order only while nothing earlier is queued or being handled by the task
             if which not in INLINE_KINDS or not (watchdog.waiting and frames.empty) or ws.closed:
+                last_status = None  # what the task applies next is not known here: no repeat until then
                 return message._replace(data=Decoded(msg, encoding))
             session.encoding = encoding
             watchdog.last_frame_at = watchdog.loop.time()
@@ -282,6 +297,7 @@ class AgentEndpoint:
                 return None
             try:
                 dispatcher.worker_status(session, msg.update_worker)
+                last_status = data
             except StoreUnavailable as exc:
                 log.warning(
                     "store unavailable; worker frame not applied",

@@ -385,6 +385,17 @@ class Dispatcher:
         # reports AVAILABLE is not offered the queue up to its projection (offers follow capacity)
         self.worker_available(worker, limit=1)
 
+    def status_heartbeat(self, worker: WorkerSession) -> bool:
+        """The worker repeated its last status report byte for byte (an idle worker's periodic report):
+        True when that changes nothing but the report's time, which is then recorded; False when the
+        report must go through `worker_status` (a job waits for the worker's keys and a report pulls
+        one, jobs or credit changed since, or a subclass extends status handling)."""
+        if type(self).worker_status is not Dispatcher.worker_status:
+            return False
+        if self._queues and any(key in self._queues for key in worker.registration.worker_keys()):
+            return False
+        return self._registry.status_repeated(worker)
+
     def worker_available(self, worker: WorkerSession, limit: int = 1 << 30) -> None:
         """A worker registered, reported, answered or freed a slot: offer waiting jobs (at most `limit`)
         to the best candidates of its keys while one is eligible."""

@@ -18,7 +18,7 @@ from ..protocol import sanitize_load
 from ..util import SYSTEM_CLOCK, Clock
 from .events import WorkerSummary
 from .load_index import LoadIndex
-from .load_state import LoadState
+from .load_state import NO_JOBS, LoadState, with_job, without_job
 from .session import WS_AVAILABLE, WS_FULL, WorkerKey, WorkerSession
 
 #: a worker whose projection reaches this is treated as full until it reports again or a job ends
@@ -48,8 +48,6 @@ class WorkerRegistry:
         self._rng = rng or random.Random()
         self._node_id = node_id
         self._workers: dict[str, WorkerSession] = {}
-        #: (projected load, eligible) of each worker at its last re-rank; one changing nothing is skipped
-        self._ranks: dict[str, tuple[float, bool]] = {}
         self._index: dict[WorkerKey, LoadIndex] = {}
 
     def __len__(self) -> int:
@@ -64,15 +62,17 @@ class WorkerRegistry:
     # -- membership ----------------------------------------------------------------------------
     def add(self, session: WorkerSession) -> None:
         self._workers[session.id] = session
-        for key in session.registration.worker_keys():
-            self._index.setdefault(key, LoadIndex(self._rng))
+        for key in session.registration.index_keys():
+            if key not in self._index:
+                self._index[key] = LoadIndex(self._rng)
+        session.load.ranked_load = None
         self._rerank(session)
 
     def remove(self, session: WorkerSession) -> None:
         if self._workers.pop(session.id, None) is None:
             return
-        self._ranks.pop(session.id, None)
-        for key in session.registration.worker_keys():
+        session.load.ranked_load = None
+        for key in session.registration.index_keys():
             index = self._index.get(key)
             if index is not None:
                 index.remove(session.id)
@@ -91,31 +91,41 @@ class WorkerRegistry:
         )
         if not status_only:
             load.reported = sanitize_load(update.load)
-        load.since_report.clear()
+        load.since_report = NO_JOBS
         load.last_status_at = self._clock.monotonic()
         if session.status == WS_AVAILABLE and not session.draining:
             load.credit = None  # the worker says it has room again: trust its report
         self._rerank(session)
 
+    def status_repeated(self, session: WorkerSession) -> bool:
+        """A report identical to the last one applied: if applying it again could change nothing but
+        its time (no job counted since the last report, no credit to restore), record the time and
+        return True; else False (apply it in full)."""
+        load = session.load
+        if load.since_report or load.credit is not None or load.last_status_at is None:
+            return False
+        load.last_status_at = self._clock.monotonic()
+        return True
+
     def offer_made(self, session: WorkerSession, job_id: str) -> None:
         load = session.load
-        load.offers.add(job_id)
+        load.offers = with_job(load.offers, job_id)
         if load.credit is not None:
             load.credit = max(0, load.credit - 1)
         self._rerank(session)
 
     def offer_accepted(self, session: WorkerSession, job_id: str) -> None:
         load = session.load
-        load.offers.discard(job_id)
-        load.jobs.add(job_id)
-        load.since_report.add(job_id)
+        load.offers = without_job(load.offers, job_id)
+        load.jobs = with_job(load.jobs, job_id)
+        load.since_report = with_job(load.since_report, job_id)
         self._answered(load)
         self._rerank(session)
 
     def offer_declined(self, session: WorkerSession, job_id: str) -> None:
         """A refusal says the worker is (near) full: no more offers until a capacity signal."""
         load = session.load
-        load.offers.discard(job_id)
+        load.offers = without_job(load.offers, job_id)
         load.credit = 0
         self._answered(load)
         self._rerank(session)
@@ -123,7 +133,7 @@ class WorkerRegistry:
     def offer_timed_out(self, session: WorkerSession, job_id: str) -> float:
         """An unanswered offer counts against the worker; returns the backoff it now serves."""
         load = session.load
-        load.offers.discard(job_id)
+        load.offers = without_job(load.offers, job_id)
         now = self._clock.monotonic()
         if load.backoff_until > now:  # offers sent before the first timeout: one failure, not many
             self._rerank(session)
@@ -141,12 +151,14 @@ class WorkerRegistry:
 
     def offer_voided(self, session: WorkerSession, job_id: str) -> None:
         """An offer ended without an answer that says anything (job ended, send failed)."""
-        if job_id in session.load.offers:
-            session.load.offers.discard(job_id)
+        load = session.load
+        if job_id in load.offers:
+            load.offers = without_job(load.offers, job_id)
             self._rerank(session)
 
     def job_adopted(self, session: WorkerSession, job_id: str) -> None:
-        session.load.jobs.add(job_id)
+        load = session.load
+        load.jobs = with_job(load.jobs, job_id)
         self._rerank(session)
 
     def job_ended(self, session: WorkerSession, job_id: str) -> None:
@@ -154,8 +166,8 @@ class WorkerRegistry:
         load = session.load
         if job_id not in load.jobs:
             return
-        load.jobs.discard(job_id)
-        load.since_report.discard(job_id)
+        load.jobs = without_job(load.jobs, job_id)
+        load.since_report = without_job(load.since_report, job_id)
         if load.credit is not None:
             load.credit += 1
         self._rerank(session)
@@ -243,9 +255,9 @@ class WorkerRegistry:
         eligible = self._static_eligible(session)
         if math.isnan(projected):  # cannot happen after sanitising; never let it into the heap
             projected, eligible = FULL_PROJECTION, False
-        rank = (projected, eligible)
-        if self._ranks.get(session.id) == rank:
+        load = session.load
+        if load.ranked_load == projected and load.ranked_eligible == eligible:
             return  # e.g. the periodic status report of an idle worker: its heap entry is still right
-        self._ranks[session.id] = rank
-        for key in session.registration.worker_keys():
+        load.ranked_load, load.ranked_eligible = projected, eligible
+        for key in session.registration.index_keys():
             self._index[key].update(session.id, projected, eligible)

@@ -74,3 +74,35 @@ class InlineWebSocketResponse(web.WebSocketResponse):
         callback = None if self._heartbeat is None else self._on_data_received
         request.protocol.set_parser(self._parser, data_received_cb=callback)
         request.protocol.keep_alive(False)
+        transport = request.transport
+        if callback is None and transport is not None:
+            transport.set_protocol(DirectFrames(request.protocol, self._parser))  # type: ignore[arg-type]
+
+
+class DirectFrames:
+    """Stands in for aiohttp's RequestHandler as the transport's protocol once the connection is a
+    WebSocket: received bytes go straight to the compiled frame parser (`data_received` is its bound C
+    method, so a read runs no Python frame of aiohttp's); the rest is the handler's, unchanged. A parse
+    error is reported through the queue, where the connection's task closes the socket."""
+
+    __slots__ = ("_handler", "data_received")
+
+    def __init__(self, handler: Any, parser: WebSocketReader) -> None:
+        self._handler = handler
+        self.data_received = parser.feed_data
+
+    def connection_made(self, transport: Any) -> None:  # pragma: no cover - set on an open transport
+        self._handler.connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._handler.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        result: bool | None = self._handler.eof_received()
+        return result
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
