@@ -250,11 +250,8 @@ class AgentEndpoint:
                     return
                 try:
                     await self._handle(session, msg)
-                except StoreUnavailable as exc:  # the store is down: keep the worker, drop this frame
-                    log.warning(
-                        "store unavailable; worker frame not applied",
-                        extra={"worker_id": session.id, "frame": msg.WhichOneof("message"), "error": exc.msg},
-                    )
+                except StoreUnavailable as exc:
+                    _frame_dropped(session, msg.WhichOneof("message"), exc)
         finally:
             frames.inline = None
             watchdog.stop()
@@ -271,13 +268,9 @@ class AgentEndpoint:
         def inline(message: aiohttp.WSMessage) -> aiohttp.WSMessage | None:
             nonlocal last_status
             data = message.data
-            if (
-                data == last_status
-                and watchdog.waiting
-                and frames.empty
-                and not ws.closed
-                and dispatcher.status_heartbeat(session)
-            ):
+            # in order only while nothing earlier is queued or being handled by the task
+            in_turn = watchdog.waiting and frames.empty and not ws.closed
+            if in_turn and data == last_status and dispatcher.status_heartbeat(session):
                 watchdog.last_frame_at = watchdog.loop.time()
                 return None
             try:
@@ -286,8 +279,7 @@ class AgentEndpoint:
                 last_status = None
                 return message  # the task decodes it again and closes the connection with the reason
             which = msg.WhichOneof("message")
-            # in order only while nothing earlier is queued or being handled by the task
-            if which not in INLINE_KINDS or not (watchdog.waiting and frames.empty) or ws.closed:
+            if which not in INLINE_KINDS or not in_turn:
                 last_status = None  # what the task applies next is not known here: no repeat until then
                 return message._replace(data=Decoded(msg, encoding))
             session.encoding = encoding
@@ -299,10 +291,7 @@ class AgentEndpoint:
                 dispatcher.worker_status(session, msg.update_worker)
                 last_status = data
             except StoreUnavailable as exc:
-                log.warning(
-                    "store unavailable; worker frame not applied",
-                    extra={"worker_id": session.id, "frame": which, "error": exc.msg},
-                )
+                _frame_dropped(session, which, exc)
             return None
 
         return inline
@@ -361,6 +350,14 @@ class AgentEndpoint:
             raise ProtocolError("worker is already registered")
         else:
             raise ProtocolError(f"unknown worker message {which}")
+
+
+def _frame_dropped(session: WorkerSession, frame: str | None, exc: StoreUnavailable) -> None:
+    """The store is down: the worker stays connected, this frame is not applied."""
+    log.warning(
+        "store unavailable; worker frame not applied",
+        extra={"worker_id": session.id, "frame": frame, "error": exc.msg},
+    )
 
 
 def simulated_job(session: WorkerSession, req: agent.SimulateJobRequest) -> agent.Job:

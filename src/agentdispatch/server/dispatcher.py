@@ -392,7 +392,7 @@ class Dispatcher:
         one, jobs or credit changed since, or a subclass extends status handling)."""
         if type(self).worker_status is not Dispatcher.worker_status:
             return False
-        if self._queues and any(key in self._queues for key in worker.registration.worker_keys()):
+        if self._queues and any(key in self._queues for key in worker.registration.index_keys()):
             return False
         return self._registry.status_repeated(worker)
 
@@ -401,7 +401,7 @@ class Dispatcher:
         to the best candidates of its keys while one is eligible."""
         if not self._queues or not self._registry.is_eligible(worker):
             return
-        for key in worker.registration.worker_keys():
+        for key in worker.registration.index_keys():  # the keys jobs are queued under (job_key)
             queue = self._queues.get(key)
             while queue and limit > 0:
                 limit -= 1
