@@ -30,7 +30,7 @@ from ...testing.serverproc import HarnessError, ServerProcess, ServerProcessSett
 from ...testing.services import RedisProcess, ensure_installed
 from ..common.stats import environment, ratio, summarize_ms
 from ..dispatch.client import ClientPlan
-from ..dispatch.run import ClientHandle, _cpu_seconds, call_all, split
+from ..dispatch.run import ClientHandle, call_all, cpu_snapshot, split
 
 CROSS_NODE_P99_BUDGET_MS = 2.0
 
@@ -163,9 +163,8 @@ class ClusterBench:
             call_all(clients, "collect", timeout=120.0)  # generous: a loaded box stalls the clients
             pids: dict[str, list[int]] = {f"node{i}": [pid] for i, pid in enumerate(node_pids)}
             pids["redis"] = redis_pids
-            pids["clients"] = [c.process.pid for c in clients if c.process.pid is not None]
             load0 = os.getloadavg()[0]
-            before, t0 = _cpu_seconds(pids), time.perf_counter()
+            before, t0 = cpu_snapshot(pids, clients), time.perf_counter()
             budget = 120.0 + s.dispatches / max(s.rate, 50.0)
             for i, reply in enumerate(call_all(clients, "run", timeout=budget)):
                 for entry in reply["sent"]:
@@ -174,7 +173,7 @@ class ClusterBench:
                 run.errors.extend(reply["errors"])
             self._collect(clients, run)
             run.wall = time.perf_counter() - t0
-            after = _cpu_seconds(pids)
+            after = cpu_snapshot(pids, clients)
             run.cpu = {role: after[role] - before[role] for role in after}
             run.load_avg = (round(load0, 2), round(os.getloadavg()[0], 2))
             clients[0].call("stop_probe", timeout=120.0)

@@ -178,6 +178,18 @@ def busy_cores(seconds: float) -> float | None:
     return ratio(min(busy(after) - busy(before), elapsed * (os.cpu_count() or 1)), elapsed)
 
 
+def cpu_snapshot(pids: dict[str, list[int]], clients: Sequence[ClientHandle]) -> dict[str, float]:
+    """`_cpu_seconds` of `pids`, with "clients" read by the client processes from their own CPU clock.
+
+    /proc counts CPU in 10 ms ticks: a small run's clients can use less than one tick each and read
+    as 0. Each client answers "cpu" with `time.process_time()` instead (nanoseconds).
+    """
+    out = _cpu_seconds(pids)
+    if clients:
+        out["clients"] = sum(r["cpu_seconds"] for r in call_all(clients, "cpu", timeout=60.0))
+    return out
+
+
 def _cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds used so far by each role's processes, and by the whole machine ("machine")."""
     machine = psutil.cpu_times()
@@ -269,20 +281,20 @@ class DispatchBench:
         if s.warmup:
             m.warmup_sent = sum(r["sent"] for r in call_all(clients, "warmup", timeout=120.0))
             call_all(clients, "collect", timeout=120.0)  # warm-up assignments are not measured
-        pids = {"clients": [c.process.pid for c in clients if c.process.pid is not None]}
+        pids: dict[str, list[int]] = {}
         if self.server_pid is not None:
             pids["server"] = [self.server_pid]
         m.busy_cores_before = busy_cores(QUIET_SAMPLE_SECONDS)
         recorder = self._start_profiler()
         self.log(f"dispatching {s.dispatches} (rate={s.rate or 'max'}, concurrency={s.concurrency})")
-        cpu_before, t_before = _cpu_seconds(pids), time.perf_counter()
+        cpu_before, t_before = cpu_snapshot(pids, clients), time.perf_counter()
         budget = 120.0 + s.dispatches / max(s.rate, 50.0)
         for reply in call_all(clients, "run", timeout=budget):
             m.sent.update({entry[0]: entry for entry in reply["sent"]})
             m.errors.extend(reply["errors"])
         self._wait_assignments(clients, m)
         m.wall = time.perf_counter() - t_before
-        cpu_after = _cpu_seconds(pids)
+        cpu_after = cpu_snapshot(pids, clients)
         m.cpu_seconds = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
         if recorder is not None:
             recorder.stop()
