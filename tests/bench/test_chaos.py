@@ -32,6 +32,7 @@ from agentdispatch.bench.chaos.analysis import (
 from agentdispatch.bench.chaos.fleet import Death
 from agentdispatch.bench.chaos.model import ChaosSettings, plan_kills
 from agentdispatch.bench.chaos.record import Attempt, job_metadata, parse_job_metadata, write_attempt
+from agentdispatch.bench.chaos.run import clear_previous_run
 from agentdispatch.bench.chaos.watch import AttemptIndex
 from agentdispatch.protocol import ConfigError
 from agentdispatch.testing.services import CpuBurners
@@ -77,7 +78,11 @@ def test_small_chaos_run_loses_nothing_and_runs_nothing_twice(
     proc, result = small_run
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     counts = result["dispatches"]["counts"]
-    assert (result["lost"], result["double_run"], result["ok"]) == (0, 0, True), result["dispatches"]
+    assert (result["lost"], result["double_run"], result["ok"]) == (0, 0, True), (
+        result["double_runs"],
+        result["dispatches"],
+        result["machine"],
+    )
     assert counts["total"] == DISPATCHES and result["dispatches"]["not_created"] == 0
     assert counts["success"] + counts["failed_with_reason"] == DISPATCHES, counts
     assert counts["lost"] == counts["cancelled"] == counts["create_failed"] == 0
@@ -276,3 +281,19 @@ def test_cli_rejects_bad_settings_before_starting_anything() -> None:
         timeout=30,
     )
     assert proc.returncode == 2 and "min_duration" in proc.stderr
+
+
+def test_a_rerun_in_the_same_directory_starts_from_nothing(tmp_path: Path) -> None:
+    """A second run with the same --json must not read the first run's attempt records (their kills
+    are not in its kill log: each would count as an attempt with no end, a double run) nor append
+    to its logs."""
+    attempts = tmp_path / "attempts"
+    attempts.mkdir()
+    write_attempt(str(attempts), _attempt("a", 1, 10.0, None))
+    (attempts / ".tmp-half.json").write_text("{")
+    for name in ("server.log", "worker-0.log", "worker-0-hung.txt", "notes.md"):
+        (tmp_path / name).write_text("old")
+    assert clear_previous_run(tmp_path) == 5
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["attempts", "notes.md"]
+    assert AttemptIndex(attempts).by_job() == {}
+    assert clear_previous_run(tmp_path / "never-used") == 0

@@ -84,6 +84,9 @@ class ChaosRun:
 
     # -- the run ---------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
+        cleared = clear_previous_run(self.run_dir)
+        if cleared:
+            self.log(f"{self.run_dir}: removed {cleared} file(s) of a previous run (records and logs)")
         self.attempts_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.servers.start)
         nodes = ", ".join(n.url for n in self.servers.nodes)
@@ -384,6 +387,26 @@ def default_json_path(now: float | None = None) -> Path:
     """bench/results/chaos-<timestamp>.json (the run directory defaults to the same name without .json)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     return Path("bench/results") / f"chaos-{stamp}.json"
+
+
+#: what a run writes into its directory; all of it goes before the next run in the same directory
+RUN_FILES = ("attempts/attempt-*.json", "attempts/.tmp-*", "*.log", "worker-*-hung.txt")
+
+
+def clear_previous_run(run_dir: Path) -> int:
+    """Remove an earlier run's files from `run_dir`; the number removed.
+
+    A rerun with the same --json (or --run-dir) would otherwise read the old attempt records as its
+    own: the old run's kills are not in the new run's kill log, so each attempt the old run killed
+    had no known end and overlapped its job's next attempt (reported as double runs); and the logs
+    would be appended to.
+    """
+    removed = 0
+    for pattern in RUN_FILES:
+        for path in run_dir.glob(pattern):
+            path.unlink()
+            removed += 1
+    return removed
 
 
 def run_chaos(
