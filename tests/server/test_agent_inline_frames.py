@@ -127,3 +127,51 @@ async def test_a_repeated_report_from_a_stale_worker_pulls_the_waiting_job(harne
     assert w.received.offers == []  # it waits: the only worker's status is too old
     await w.report(0.0)  # byte for byte the report before
     await w.wait_offers(1)
+
+
+def _termination(job_id: str) -> agent.ServerMessage:
+    return agent.ServerMessage(termination=agent.JobTermination(job_id=job_id))
+
+
+def _big_offer(job_id: str) -> agent.ServerMessage:
+    # over the outbox's small-frame size: it goes through the writer task
+    job = agent.Job(id=job_id, metadata="m" * 40_000)
+    return agent.ServerMessage(availability=agent.AvailabilityRequest(job=job))
+
+
+async def test_a_small_frame_to_an_idle_worker_is_written_at_once(harness: Any) -> None:
+    w = await harness.worker(agent_name="direct", policy="ignore")
+    session = harness.server.registry.get(w.id)
+    assert session.post(_termination("AJ_direct"))
+    # written in post() itself: nothing queued, no writer task started
+    assert (session.queued_bytes, session._writer, session._queue) == (0, None, None)
+    msg = await w.next_event("termination")
+    assert msg.termination.job_id == "AJ_direct"
+
+
+async def test_a_small_frame_after_a_queued_one_keeps_its_place(harness: Any) -> None:
+    w = await harness.worker(agent_name="direct-order", policy="ignore")
+    session = harness.server.registry.get(w.id)
+    assert session.post(_big_offer("AJ_first"))
+    assert session._writer is not None and session.queued_bytes > 0  # the big frame waits for the task
+    assert session.post(_termination("AJ_second"))  # must not overtake it
+    assert session.post(_termination("AJ_third"))
+    kinds = [(await w.next_message()).WhichOneof("message") for _ in range(3)]
+    assert kinds == ["availability", "termination", "termination"]
+    assert w.received.offers[0].job.id == "AJ_first"
+    assert w.received.terminations == ["AJ_second", "AJ_third"]
+
+
+async def test_a_worker_that_negotiated_compression_gets_its_frames_through_the_task(harness: Any) -> None:
+    """permessage-deflate's context is aiohttp's: with compression on, nothing is written directly."""
+    w = await harness.worker(agent_name="deflate", policy="ignore", compress=15)
+    session = harness.server.registry.get(w.id)
+    assert session.ws.compress, "the server did not accept the client's permessage-deflate offer"
+    assert session.post(_termination("AJ_deflated"))
+    assert session._writer is not None  # went to the writer task (aiohttp's compressing send)
+    assert (await w.next_event("termination")).termination.job_id == "AJ_deflated"
+    await harness.api.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(agent_name="deflate", room="deflate-room")
+    )
+    (offer,) = await w.wait_offers(1)
+    assert offer.job.room.name == "deflate-room"

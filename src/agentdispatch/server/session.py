@@ -25,6 +25,7 @@ from livekit.protocol import agent, models
 from ..protocol import Encoding, ProtocolError, encode
 from ..protocol.ids import new_worker_id
 from .load_state import LoadState
+from .ws_frames import InlineWebSocketResponse
 
 log = logging.getLogger("agentdispatch.server.session")
 
@@ -219,6 +220,10 @@ class WorkerSession:
             self.cut_off(f"outbound queue over {hard} bytes: worker is not reading")
             return False
         if self._queue is None:
+            # nothing of ours queued or being sent: a small frame the socket takes at once is written
+            # here, without a writer task and a loop turn per frame
+            if self._writer is None and self._cannot_block(size) and self._write_now(data):
+                return True
             self._queue = deque()
         self._queue.append(data)
         self._queued_bytes += size
@@ -276,6 +281,10 @@ class WorkerSession:
         once and aiohttp's drain returns without waiting, so the send needs no timer."""
         transport = self._transport
         return transport is not None and size <= SMALL_FRAME and transport.get_write_buffer_size() == 0
+
+    def _write_now(self, data: bytes | str) -> bool:
+        ws = self.ws
+        return isinstance(ws, InlineWebSocketResponse) and ws.write_now(data)
 
     async def _send(self, data: bytes | str) -> None:
         if isinstance(data, str):

@@ -79,6 +79,25 @@ class InlineWebSocketResponse(web.WebSocketResponse):
             transport.set_protocol(DirectFrames(request.protocol, self._parser))  # type: ignore[arg-type]
 
 
+    def write_now(self, data: bytes | str) -> bool:
+        """Write one data frame to the transport synchronously; False (nothing written) when it must go
+        through aiohttp's async send instead: not prepared, closing, or compressing (the deflate
+        context is aiohttp's, and large compressed frames go through an executor).
+
+        The caller keeps order: it writes now only when none of its frames is queued or being sent.
+        aiohttp's own `send_frame` does the same `_write_websocket_frame` call for an uncompressed
+        frame, then waits only if the transport is paused.
+        """
+        writer = self._writer
+        if writer is None or writer.compress or self.closed or writer.transport.is_closing():
+            return False
+        if isinstance(data, str):
+            writer._write_websocket_frame(data.encode(), WSMsgType.TEXT, 0)
+        else:
+            writer._write_websocket_frame(data, WSMsgType.BINARY, 0)
+        return True
+
+
 class DirectFrames:
     """Stands in for aiohttp's RequestHandler as the transport's protocol once the connection is a
     WebSocket: received bytes go straight to the compiled frame parser (`data_received` is its bound C

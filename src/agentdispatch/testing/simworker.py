@@ -42,6 +42,8 @@ class SimWorkerOptions:
     #: None: report status only when told (tests control every frame). A number: like a real worker, report
     #: `load` and the running job count whenever a job starts or ends, and at least this often (seconds).
     status_interval: float | None = None
+    #: permessage-deflate window bits to offer the server (9..15); 0 = no compression, like livekit-agents
+    compress: int = 0
 
 
 @dataclass
@@ -86,7 +88,9 @@ class SimWorker:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = agent_ws_url(self.opts.url)
-        self._ws = await self._session.ws_connect(url, headers={"Authorization": f"Bearer {self.token()}"})
+        self._ws = await self._session.ws_connect(
+            url, headers={"Authorization": f"Bearer {self.token()}"}, compress=self.opts.compress
+        )
         if register:
             await self.register()
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="simworker-read")
@@ -171,9 +175,13 @@ class SimWorker:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while True:
-            msg = await wait_for(self._events.get(), max(0.0, end - loop.time()))
+            msg = await self.next_message(max(0.0, end - loop.time()))
             if msg.WhichOneof("message") == kind:
                 return msg
+
+    async def next_message(self, timeout: float = 5.0) -> agent.ServerMessage:
+        """The next received message, whatever its kind (in the order the server sent them)."""
+        return await wait_for(self._events.get(), timeout)
 
     async def _read(self) -> None:
         ws = self.ws
