@@ -78,7 +78,6 @@ class InlineWebSocketResponse(web.WebSocketResponse):
         if callback is None and transport is not None:
             transport.set_protocol(DirectFrames(request.protocol, self._parser))  # type: ignore[arg-type]
 
-
     def write_now(self, data: bytes | str) -> bool:
         """Write one data frame to the transport synchronously; False (nothing written) when it must go
         through aiohttp's async send instead: not prepared, closing, or compressing (the deflate
