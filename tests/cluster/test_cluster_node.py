@@ -147,11 +147,10 @@ async def test_placement_picks_the_least_loaded_eligible_worker_cluster_wide(clu
     await wait_until(lambda: a.directory.get("AW_b3"), what="summaries published")
     assert await a.directory.best(key) == ("AW_b1", "ND_b", 0.2)
     assert await a.directory.best(key, exclude={"AW_b1"}) == ("AW_a1", "ND_a", 0.5)
-    # choosing a worker raises its projection at once: the next pick goes elsewhere
-    chosen = await a.directory.best(key)
-    assert chosen is not None
-    await a.directory.bump(chosen, key, 0.4)
-    assert await _best_is(a, key, "AW_a1")
+    # picking a worker raises its projection at once: the next pick goes elsewhere
+    chosen = await a.directory.pick(key, 0.4)
+    assert chosen is not None and chosen.worker_id == "AW_b1"
+    assert await _best_is(a, key, "AW_a1")  # AW_b1 is at 0.6 now
     # pick = best + bump in one atomic step: concurrent picks spread instead of piling on one worker
     picks = await asyncio.gather(*(a.directory.pick(key, 0.25) for _ in range(2)))
     assert sorted(p.worker_id for p in picks if p is not None) == ["AW_a1", "AW_b1"]
@@ -182,6 +181,52 @@ async def test_a_job_created_on_one_node_is_handed_to_the_node_of_the_best_worke
     await wait_until(
         lambda: _pending_count(store, stream, 0), what="the hand-off to be acknowledged after assignment"
     )
+
+
+async def test_a_new_job_is_stored_placed_and_handed_off_in_one_step(cluster: Cluster) -> None:
+    a, host_a, store = await cluster.node("ND_a")
+    b, host_b, _ = await cluster.node("ND_b")
+    b.on_event(WorkerEvent(WorkerEventKind.REGISTERED, summary("AW_b1", "ND_b", 0.1)))
+    a.on_event(WorkerEvent(WorkerEventKind.REGISTERED, summary("AW_a1", "ND_a", 0.25)))
+    await wait_until(lambda: a.directory.get("AW_a1"), what="AW_a1 published")
+    await wait_until(lambda: a.directory.get("AW_b1"), what="AW_b1 published")
+    job = make_job("AJ_new")
+    job.metadata = "m" * 300
+    assert await a.place_new(job, deadline=30) == ("ND_b", "AW_b1")
+    stored = await store.get_job("AJ_new")
+    assert stored is not None and stored.metadata == job.metadata  # stored before the hand-off is read
+    assert [j.id for j in await store.jobs_of_dispatch("AD_1")] == ["AJ_new"]
+    await wait_until(lambda: host_b.taken, what="ND_b to take the job")
+    assert host_b.taken == [("AJ_new", "AW_b1", False)] and host_a.taken == []
+    assert a.held_jobs() == []  # handed to ND_b: nothing held on ND_a
+    # the pick raised AW_b1's projection (0.1 + 0.1 per job): the next job goes to the next lowest
+    key = ("agent", "", 0, "*")
+    assert await _best_is(a, key, "AW_b1")  # 0.2 < 0.25
+    assert await a.place_new(make_job("AJ_2"), deadline=30) == ("ND_b", "AW_b1")
+    assert await a.place_new(make_job("AJ_3"), deadline=30) == ("ND_a", "AW_a1")  # 0.25 < 0.3
+    assert a.held_jobs() == ["AJ_3"]  # placed by ND_a itself: held here until assigned
+    # ND_a's consumer read its own entry (pending = delivered, not acknowledged) and left it to the caller
+    await wait_until(
+        lambda: _pending_count(store, a.streams.stream("ND_a"), 1), what="ND_a to read its own hand-off"
+    )
+    assert host_a.taken == [], "a job placed by its own node is not delivered to it a second time"
+    a.on_event(JobEvent(JobEventKind.ASSIGNED, make_job("AJ_3"), "AW_a1"))
+    await wait_until(lambda: _pending_count(store, a.streams.stream("ND_a"), 0), what="the ack")
+
+
+async def test_placing_a_new_job_skips_nodes_known_dead_and_keeps_it_when_none_is_eligible(
+    cluster: Cluster,
+) -> None:
+    a, _host_a, store = await cluster.node("ND_a")
+    b, _host_b, _ = await cluster.node("ND_b")
+    b.on_event(WorkerEvent(WorkerEventKind.REGISTERED, summary("AW_b1", "ND_b", 0.0)))
+    await wait_until(lambda: a.directory.get("AW_b1"), what="AW_b1 published")
+    a._known_dead.add("ND_b")  # its lease lapsed; not taken over yet, so its workers are still listed
+    assert await a.place_new(make_job("AJ_1"), deadline=None) == ("ND_a", "")
+    assert (await store.get_job("AJ_1")) is not None
+    assert a.held_jobs() == ["AJ_1"]
+    a._known_dead.clear()
+    assert await a.place_new(make_job("AJ_2"), deadline=None) == ("ND_b", "AW_b1")
 
 
 async def _pending_count(store: RedisStore, stream: str, n: int) -> bool:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from livekit.protocol import agent
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,11 +33,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..protocol.errors import ConfigError
 from ..util import TaskSet
-from .cluster_state import Candidate, Handoff, HandoffStreams, NodeLeases, WorkerDirectory
+from .cluster_state import (
+    PLACE_NEW,
+    Candidate,
+    Handoff,
+    HandoffStreams,
+    NodeLeases,
+    WorkerDirectory,
+    as_text,
+    key_name,
+)
 from .events import Event, JobEvent, JobEventKind, WorkerEvent, WorkerEventKind, WorkerSummary
 from .session import job_key
 from .store import StoreUnavailable
-from .store_redis import RedisStore
+from .store_redis import RedisStore, guarded
 
 log = logging.getLogger("agentdispatch.server.cluster")
 
@@ -98,6 +108,8 @@ class ClusterNode:
         self.leases = NodeLeases(r, p, self.node_id, options.lease_ttl)
         self.directory = WorkerDirectory(r, p)
         self.streams = HandoffStreams(r, p, self.node_id)
+        self._place_new = r.register_script(PLACE_NEW)
+        self._rng = random.Random()
         self._tasks = TaskSet(f"cluster:{self.node_id}")
         self._dirty: dict[str, WorkerSummary] = {}
         # workers that left: out of placement, but kept in their node's set until the node itself is
@@ -169,6 +181,42 @@ class ClusterNode:
         target = best.node_id if best is not None else self.node_id
         await self.send_offer(target, job, deadline, resuming, best.worker_id if best else "")
         return target
+
+    @guarded
+    async def place_new(self, job: agent.Job, deadline: float | None) -> tuple[str, str]:
+        """Store a new job, pick its worker cluster-wide and append the hand-off to that worker's node,
+        in one round trip (PLACE_NEW). Returns (node id, worker id, "" when none is eligible). The node
+        is this one when the best worker is here or no worker is eligible anywhere: the caller then
+        places the job itself, and the entry stays pending until the job is assigned or ended (as
+        `send_offer(local=True)`)."""
+        me = self.node_id
+        deadline_ms = 0 if deadline is None else int((time.time() + deadline) * 1000)
+        # held as local until the reply says otherwise: the consumer may read the entry before that
+        self._local_jobs.add(job.id)
+        self._unacked[job.id] = (me, "")
+        keys, job_args = self._store.new_job_write(job)
+        dead = sorted(self._known_dead)
+        args: list[str | bytes | int | float] = [self.streams.stream(""), me, self.options.per_job_load]
+        args.append(self._rng.random())
+        args += [self.streams.maxlen, *job_args, deadline_ms, "0", len(dead), *dead]
+        zkey = f"{self._store.prefix}wkey:{key_name(job_key(job))}"
+        try:
+            reply: Any = await self._place_new(keys=[zkey, *keys], args=args)
+        except BaseException:
+            self._local_jobs.discard(job.id)
+            if self._unacked.get(job.id) == (me, ""):
+                del self._unacked[job.id]
+            raise
+        node, worker, entry = (as_text(part) for part in reply)
+        held_here = self._unacked.get(job.id) == (me, "")
+        if node == me:
+            if held_here:
+                self._unacked[job.id] = (me, entry)
+        else:
+            self._local_jobs.discard(job.id)
+            if held_here:
+                del self._unacked[job.id]
+        return node, worker
 
     async def choose(self, job: agent.Job) -> Candidate | None:
         """The cluster's best worker for a job (its projection raised at once), or None."""

@@ -80,21 +80,20 @@ class ClusteredDispatcher(Dispatcher):
         is eligible anywhere) place it here at once, behind a durable hand-off to this node's stream."""
         self.check_capacity(1, job.ByteSize())
         wait = self._config.dispatch_deadline if deadline is None else deadline
-        best = await self.cluster.choose(job)
-        me = self.cluster.node_id
-        if best is None or best.node_id == me:
-            await self.cluster.send_offer(me, job, wait, False, best.worker_id if best else "", local=True)
-            await super().submit(job, wait)  # stores the job and offers it here
-            return
         job.state.status = JS_PENDING
         job.state.updated_at = self._clock.wall_ns()
-        await self._store.add_job(job)
-        await self.cluster.send_offer(best.node_id, job, wait, False, best.worker_id)
+        node, _ = await self.cluster.place_new(job, wait)  # stored, worker picked, hand-off sent: 1 trip
+        if node == self.cluster.node_id:
+            pj = await self._admit(job, wait, resuming=False, new=False, stored=True)
+            self._warn_if_unserved(pj)
+            self._place(pj)
 
     async def take(self, job: agent.Job, deadline: float | None, resuming: bool, prefer: str) -> None:
         if self.is_pending(job.id):
             return  # a repeated hand-off (redelivery after a restart): already waiting here
-        pj = await self._admit(job, deadline, resuming, new=False)
+        # read from the store just now: unless it comes back from a restart it is stored as pending
+        stored = job.state.status == JS_PENDING and not job.state.worker_id and not resuming
+        pj = await self._admit(job, deadline, resuming, new=False, stored=stored)
         self._place(pj)
 
     async def terminate(self, job_id: str, worker_id: str) -> None:

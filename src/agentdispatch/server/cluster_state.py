@@ -49,7 +49,7 @@ def eligible(s: WorkerSummary) -> bool:
     return s.status == WS_AVAILABLE and not s.draining and not s.unresponsive and s.projected_load < 1.0
 
 
-def _text(value: object) -> str:
+def as_text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, str):
@@ -79,10 +79,10 @@ class NodeLeases:
     async def url_of(self, node_id: str) -> str | None:
         """The URL a live node recorded in its lease; None once the lease is gone."""
         raw = await self._r.get(f"{self._p}node:{node_id}")
-        return None if raw is None else str(json.loads(_text(raw)).get("url", ""))
+        return None if raw is None else str(json.loads(as_text(raw)).get("url", ""))
 
     async def known(self) -> list[str]:
-        return [_text(n) for n in await self._r.zrange(f"{self._p}nodes", 0, -1)]
+        return [as_text(n) for n in await self._r.zrange(f"{self._p}nodes", 0, -1)]
 
     async def alive(self) -> dict[str, bool]:
         nodes = await self.known()
@@ -129,6 +129,47 @@ return {chosen, tostring(low)}
 """
 
 
+# A new job in one step (one round trip): pick its worker as _PICK does (skipping workers of nodes the
+# caller knows are dead), store the job as RedisStore.add_job does (_PUT_ORDERED), and append the
+# hand-off to the chosen worker's node's stream, or to the caller's own when no worker is eligible.
+# The stream key is built here from the prefix (one Redis or Sentinel, not Redis Cluster, as _DELETE_ROOM).
+# KEYS: the worker key's zset, then add_job's four keys (job, job:d:<dispatch>, seq, job:meta).
+# ARGV: stream prefix, own node, delta, random in [0,1), stream maxlen, job id, record, meta,
+#       deadline_ms, resuming ("1"/"0"), dead node count, dead nodes...
+# Returns {node, worker ('' = none eligible), stream entry id}.
+PLACE_NEW = """
+local ndead = tonumber(ARGV[11])
+local dead = {}
+for i = 12, 11 + ndead do dead[ARGV[i]] = true end
+local rows = redis.call('ZRANGE', KEYS[1], 0, ndead + 7, 'WITHSCORES')
+local ties, low = {}, nil
+for i = 1, #rows, 2 do
+  local member, score = rows[i], tonumber(rows[i + 1])
+  local bar = string.find(member, '|', 1, true) or 0
+  if score < 1.0 and not dead[string.sub(member, 1, bar - 1)] then
+    if low == nil then low = score end
+    if score == low then ties[#ties + 1] = member end
+  end
+end
+local node, worker = ARGV[2], ''
+if #ties > 0 then
+  local chosen = ties[math.floor(tonumber(ARGV[4]) * #ties) + 1]
+  redis.call('ZINCRBY', KEYS[1], ARGV[3], chosen)
+  local bar = string.find(chosen, '|', 1, true)
+  node, worker = string.sub(chosen, 1, bar - 1), string.sub(chosen, bar + 1)
+end
+redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
+if not redis.call('ZSCORE', KEYS[3], ARGV[6]) then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[6])
+end
+redis.call('HSET', KEYS[5], ARGV[6], ARGV[8])
+local entry = redis.call('XADD', ARGV[1] .. node, 'MAXLEN', '~', ARGV[5], '*',
+  'kind', 'offer', 'job', ARGV[6], 'worker', worker, 'deadline_ms', ARGV[9],
+  'resuming', ARGV[10], 'from', ARGV[2])
+return {node, worker, entry}
+"""
+
+
 class WorkerDirectory:
     """The cluster-wide worker view placement reads: who is where, and how loaded."""
 
@@ -169,18 +210,18 @@ class WorkerDirectory:
 
     async def get(self, worker_id: str) -> WorkerSummary | None:
         raw = await self._r.hget(f"{self._p}wsum", worker_id)
-        return None if raw is None else WorkerSummary(**json.loads(_text(raw)))
+        return None if raw is None else WorkerSummary(**json.loads(as_text(raw)))
 
     async def members(self, node_id: str) -> list[str]:
         """Ids of the workers listed under a node (connected, or connected when it shut down)."""
-        return sorted(_text(w) for w in await self._r.smembers(f"{self._p}wsum:n:{node_id}"))
+        return sorted(as_text(w) for w in await self._r.smembers(f"{self._p}wsum:n:{node_id}"))
 
     async def of_node(self, node_id: str) -> list[WorkerSummary]:
         ids = await self.members(node_id)
         if not ids:
             return []
         raws = await self._r.hmget(f"{self._p}wsum", ids)
-        return [WorkerSummary(**json.loads(_text(r))) for r in raws if r is not None]
+        return [WorkerSummary(**json.loads(as_text(r))) for r in raws if r is not None]
 
     async def best(self, key: WorkerKey, exclude: Collection[str] = ()) -> Candidate | None:
         """The least loaded eligible worker of the cluster for `key` (ties at random), in one round trip."""
@@ -189,7 +230,7 @@ class WorkerDirectory:
         rows: Any = await self._r.zrange(zkey, 0, want - 1, withscores=True)
         cands: list[Candidate] = []
         for member, score in rows:
-            node_id, _, worker_id = _text(member).partition("|")
+            node_id, _, worker_id = as_text(member).partition("|")
             if float(score) < 1.0 and worker_id not in exclude:
                 cands.append(Candidate(worker_id, node_id, float(score)))
         if not cands:
@@ -203,14 +244,8 @@ class WorkerDirectory:
         reply: Any = await self._pick(keys=[zkey], args=[delta, self._rng.random(), *exclude])
         if not reply:
             return None
-        node_id, _, worker_id = _text(reply[0]).partition("|")
-        return Candidate(worker_id, node_id, float(_text(reply[1])))
-
-    async def bump(self, chosen: Candidate, key: WorkerKey, delta: float) -> None:
-        """Raise a chosen worker's projection at once, so a burst spreads (XX: only while it is listed).
-        Its other key catches up when its node republishes it (at the offer, a few ms later)."""
-        member = f"{chosen.node_id}|{chosen.worker_id}"
-        await self._r.zadd(f"{self._p}wkey:{key_name(key)}", {member: delta}, xx=True, incr=True)
+        node_id, _, worker_id = as_text(reply[0]).partition("|")
+        return Candidate(worker_id, node_id, float(as_text(reply[1])))
 
 
 class Candidate(NamedTuple):
@@ -248,7 +283,7 @@ class Handoff:
 
     @classmethod
     def parse(cls, entry_id: object, fields: dict[object, object]) -> Handoff:
-        f = {_text(k): _text(v) for k, v in fields.items()}
+        f = {as_text(k): as_text(v) for k, v in fields.items()}
         return cls(
             kind=f.get("kind", "offer"),
             job_id=f.get("job", ""),
@@ -256,7 +291,7 @@ class Handoff:
             deadline_ms=int(f.get("deadline_ms", "0") or 0),
             resuming=f.get("resuming") == "1",
             from_node=f.get("from", ""),
-            entry_id=_text(entry_id),
+            entry_id=as_text(entry_id),
         )
 
 
@@ -267,7 +302,7 @@ class HandoffStreams:
         self._r = redis
         self._p = prefix
         self.node_id = node_id
-        self._maxlen = maxlen
+        self.maxlen = maxlen
 
     def stream(self, node_id: str) -> str:
         return f"{self._p}hand:{node_id}"
@@ -283,10 +318,10 @@ class HandoffStreams:
         entry = await self._r.xadd(
             self.stream(node_id),
             handoff.fields(),  # type: ignore[arg-type]
-            maxlen=self._maxlen,
+            maxlen=self.maxlen,
             approximate=True,
         )
-        return _text(entry)
+        return as_text(entry)
 
     async def read(self, block_ms: int, pending: bool = False, count: int = 100) -> list[Handoff]:
         """New entries for this node (blocking up to `block_ms`), or with `pending` the ones this
@@ -316,7 +351,7 @@ class HandoffStreams:
             reply: Any = await self._r.xautoclaim(
                 stream, GROUP, self.node_id, int(min_idle * 1000), start_id=cursor, count=count
             )
-            cursor = _text(reply[0])
+            cursor = as_text(reply[0])
             out.extend(Handoff.parse(eid, f) for eid, f in reply[1] if f)
             if cursor == "0-0":
                 break

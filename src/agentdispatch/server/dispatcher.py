@@ -150,14 +150,19 @@ class Dispatcher:
         pj.pinned = True
         self._offer(pj, worker)
 
-    async def _admit(self, job: agent.Job, deadline: float | None, resuming: bool, new: bool) -> PendingJob:
+    async def _admit(
+        self, job: agent.Job, deadline: float | None, resuming: bool, new: bool, stored: bool = False
+    ) -> PendingJob:
+        """Queue a job for placement. `new`: add it to the store; else update it there, unless `stored`
+        says the store holds it as pending already (a write would only move its updated_at)."""
         size = job.ByteSize()
         self.check_capacity(1, size)
-        job.state.status = JS_PENDING
-        job.state.updated_at = self._clock.wall_ns()
+        if not stored:
+            job.state.status = JS_PENDING
+            job.state.updated_at = self._clock.wall_ns()
         if new:
             await self._store.add_job(job)
-        else:
+        elif not stored:
             await self._store.update_job(job)
         wait = self._config.dispatch_deadline if deadline is None else deadline
         pj = PendingJob(job=job, key=job_key(job), size=size, wait=wait, resuming=resuming)

@@ -108,6 +108,14 @@ class RoomManager:
     # -- rooms ---------------------------------------------------------------------------------
     async def create_room(self, spec: RoomSpec) -> tuple[models.Room, bool]:
         """Create a room (idempotent by name). A new room gets its dispatches, or the implicit one."""
+        room, created, _ = await self._create_room(spec)
+        return room, created
+
+    async def _create_room(
+        self, spec: RoomSpec, *, absent: bool = False
+    ) -> tuple[models.Room, bool, list[agent_dispatch.AgentDispatch]]:
+        """`create_room`, with the dispatches a new room got. `absent`: the caller has just looked
+        the room up and not found it (the store's create is still idempotent if it appeared since)."""
         validate_room_name(spec.name)
         now_ns = self._clock.wall_ns()
         room = models.Room(
@@ -120,19 +128,21 @@ class RoomManager:
             creation_time=now_ns // 1_000_000_000,
             creation_time_ms=now_ns // 1_000_000,
         )
-        existing = await self._store.get_room(spec.name)
-        if existing is not None:
-            return existing, False
+        if not absent:
+            existing = await self._store.get_room(spec.name)
+            if existing is not None:
+                return existing, False, []
         self._dispatcher.check_capacity(max(1, len(spec.agents)))
         stored, created = await self._store.create_room(room)
+        dispatches = []
         if created:
             if log.isEnabledFor(logging.INFO):  # the extra dict is not built per dispatch at WARNING
                 log.info("room created", extra={"room": spec.name})
             self._emit(RoomEventKind.ROOM_STARTED, stored)
             self._arm_close_timer(spec.name, stored.empty_timeout)
             for dspec in spec.agents or (DispatchSpec(implicit=True),):
-                await self._add_dispatch(stored, dspec)
-        return stored, created
+                dispatches.append(await self._add_dispatch(stored, dspec))
+        return stored, created, dispatches
 
     async def list_rooms(self, names: Sequence[str]) -> list[models.Room]:
         return await self._store.list_rooms(names)
@@ -178,9 +188,10 @@ class RoomManager:
         room = await self._store.get_room(room_name)
         if room is None:
             # auto-create the room; this dispatch is its agent list, so no implicit dispatch
-            room, created = await self.create_room(RoomSpec(name=room_name, agents=(spec,)))
+            room, created, dispatches = await self._create_room(
+                RoomSpec(name=room_name, agents=(spec,)), absent=True
+            )
             if created:
-                dispatches = await self._store.list_dispatches(room_name)
                 return dispatches[-1]
         return await self._add_dispatch(room, spec)
 

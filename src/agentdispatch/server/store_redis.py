@@ -108,7 +108,7 @@ return out
 """
 
 
-def _guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+def guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn "Redis is unreachable" into StoreUnavailable; every other error stays what it is."""
 
     @functools.wraps(fn)
@@ -183,7 +183,7 @@ class RedisStore:
     def k(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
-    @_guarded
+    @guarded
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
@@ -199,7 +199,7 @@ class RedisStore:
         return [_raw(v) for v in values if v is not None]
 
     # -- rooms -------------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     async def create_room(self, room: models.Room) -> tuple[models.Room, bool]:
         keys = [self.k("room"), self.k("room:o"), self.k("seq")]
         old = await self._create_room(keys=keys, args=[room.name, room.SerializeToString()])
@@ -207,84 +207,90 @@ class RedisStore:
             return models.Room.FromString(old), False
         return room, True
 
-    @_guarded
+    @guarded
     async def get_room(self, name: str) -> models.Room | None:
         raw = _raw_opt(await self.redis.hget(self.k("room"), name))
         return None if raw is None else models.Room.FromString(raw)
 
-    @_guarded
+    @guarded
     async def update_room(self, room: models.Room) -> None:
         await self._update_if_exists(keys=[self.k("room")], args=[room.name, room.SerializeToString()])
 
-    @_guarded
+    @guarded
     async def list_rooms(self, names: Sequence[str] = ()) -> list[models.Room]:
         raw = await self._list_ordered(self.k("room"), self.k("room:o"), names)
         return [models.Room.FromString(r) for r in raw]
 
-    @_guarded
+    @guarded
     async def delete_room(self, name: str) -> models.Room | None:
         old = await self._delete_room(keys=[], args=[self.prefix, name])
         return None if old is None else models.Room.FromString(old)
 
     # -- participants ------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     async def add_participant(self, room: str, participant: models.ParticipantInfo) -> None:
         keys = [self.k("part", room), self.k("part", room) + ":o", self.k("seq")]
         await self._put_ordered(keys=keys, args=[participant.identity, participant.SerializeToString()])
 
-    @_guarded
+    @guarded
     async def remove_participant(self, room: str, identity: str) -> models.ParticipantInfo | None:
         keys = [self.k("part", room), self.k("part", room) + ":o"]
         old = await self._remove_ordered(keys=keys, args=[identity])
         return None if old is None else models.ParticipantInfo.FromString(old)
 
-    @_guarded
+    @guarded
     async def list_participants(self, room: str) -> list[models.ParticipantInfo]:
         raw = await self._list_ordered(self.k("part", room), self.k("part", room) + ":o")
         return [models.ParticipantInfo.FromString(r) for r in raw]
 
     # -- dispatches --------------------------------------------------------------------------------
-    @_guarded
+    @guarded
     async def add_dispatch(self, dispatch: agent_dispatch.AgentDispatch) -> None:
         keys = [self.k("disp"), self.k("disp:r", dispatch.room), self.k("seq")]
         await self._put_ordered(keys=keys, args=[dispatch.id, dispatch.SerializeToString()])
 
-    @_guarded
+    @guarded
     async def get_dispatch(self, dispatch_id: str) -> agent_dispatch.AgentDispatch | None:
         raw = _raw_opt(await self.redis.hget(self.k("disp"), dispatch_id))
         return None if raw is None else agent_dispatch.AgentDispatch.FromString(raw)
 
-    @_guarded
+    @guarded
     async def update_dispatch(self, dispatch: agent_dispatch.AgentDispatch) -> None:
         await self._update_if_exists(keys=[self.k("disp")], args=[dispatch.id, dispatch.SerializeToString()])
 
-    @_guarded
+    @guarded
     async def list_dispatches(self, room: str) -> list[agent_dispatch.AgentDispatch]:
         raw = await self._list_ordered(self.k("disp"), self.k("disp:r", room))
         return [agent_dispatch.AgentDispatch.FromString(r) for r in raw]
 
     # -- jobs --------------------------------------------------------------------------------------
-    @_guarded
-    async def add_job(self, job: agent.Job) -> None:
+    def new_job_write(self, job: agent.Job) -> tuple[list[str], list[str | bytes]]:
+        """KEYS and ARGV that store a new job the way `_PUT_ORDERED` does (record, dispatch order,
+        meta): `add_job`, and cluster placement's one-step script (cluster_state.PLACE_NEW)."""
         keys = [self.k("job"), self.k("job:d", job.dispatch_id), self.k("seq"), self.k("job:meta")]
-        await self._put_ordered(keys=keys, args=[job.id, job.SerializeToString(), _meta(job)])
+        return keys, [job.id, job.SerializeToString(), _meta(job)]
 
-    @_guarded
+    @guarded
+    async def add_job(self, job: agent.Job) -> None:
+        keys, args = self.new_job_write(job)
+        await self._put_ordered(keys=keys, args=args)
+
+    @guarded
     async def get_job(self, job_id: str) -> agent.Job | None:
         raw = _raw_opt(await self.redis.hget(self.k("job"), job_id))
         return None if raw is None else agent.Job.FromString(raw)
 
-    @_guarded
+    @guarded
     async def update_job(self, job: agent.Job) -> None:
         keys = [self.k("job"), self.k("job:meta")]
         await self._update_if_exists(keys=keys, args=[job.id, job.SerializeToString(), _meta(job)])
 
-    @_guarded
+    @guarded
     async def jobs_of_dispatch(self, dispatch_id: str) -> list[agent.Job]:
         raw = await self._jobs_of(keys=[self.k("job:d") + ":", self.k("job")], args=[dispatch_id])
         return [agent.Job.FromString(r) for r in raw]
 
-    @_guarded
+    @guarded
     async def jobs_of_room(self, room: str) -> list[agent.Job]:
         ids = _names(await self.redis.zrange(self.k("disp:r", room), 0, -1))
         if not ids:
@@ -292,13 +298,13 @@ class RedisStore:
         raw = await self._jobs_of(keys=[self.k("job:d") + ":", self.k("job")], args=ids)
         return [agent.Job.FromString(r) for r in raw]
 
-    @_guarded
+    @guarded
     async def claim_job(self, job: agent.Job, expected_worker: str = "") -> bool:
         args: list[Any] = [job.id, expected_worker, job.state.worker_id, job.SerializeToString(), _meta(job)]
         won = await self._claim(keys=[self.k("job"), self.k("job:meta")], args=args + self._ended)
         return bool(won)
 
-    @_guarded
+    @guarded
     async def jobs_held_by(self, worker_ids: Sequence[str]) -> list[str]:
         """Ids of jobs not ended whose owner is one of `worker_ids` (a scan: for node loss only)."""
         owners, ended = set(worker_ids), {s.encode() for s in self._ended}
@@ -310,7 +316,7 @@ class RedisStore:
         return held
 
     # -- idempotent requests -----------------------------------------------------------------------
-    @_guarded
+    @guarded
     async def reserve_request(self, key: str, ttl: float) -> Replay:
         rkey = self.k("req", key)
         for _ in range(3):  # the reservation may lapse between SET NX and GET
@@ -323,10 +329,10 @@ class RedisStore:
                 return Replay(ReplayState.PENDING)
         return Replay(ReplayState.PENDING)
 
-    @_guarded
+    @guarded
     async def finish_request(self, key: str, reply: bytes, ttl: float) -> None:
         await self.redis.set(self.k("req", key), b"D" + reply, px=max(1, int(ttl * 1000)))
 
-    @_guarded
+    @guarded
     async def abandon_request(self, key: str) -> None:
         await self.redis.delete(self.k("req", key))
