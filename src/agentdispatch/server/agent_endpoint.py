@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,6 +29,7 @@ from ..protocol.ids import new_dispatch_id, new_job_id, new_room_sid
 from ..util import SYSTEM_CLOCK, Clock
 from ..util.aio import wait_for
 from .config import ServerConfig
+from .connguard import HOLD_CONNECTION
 from .dispatcher import Dispatcher
 from .session import OutboxLimits, SessionState, WorkerSession, validate_register
 from .store import StoreUnavailable
@@ -115,6 +117,8 @@ class AgentEndpoint:
     def __init__(self, deps: AgentEndpointDeps) -> None:
         self._deps = deps
         self._sessions: set[WorkerSession] = set()
+        #: one task per connection, serving it after the upgrade request's handler returned
+        self._connections: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -134,19 +138,48 @@ class AgentEndpoint:
         session = WorkerSession(ws, api_key, request.transport, limits, self._deps.clock.wall_ns())
         session.on_drained = lambda: self._deps.dispatcher.worker_available(session)
         self._sessions.add(session)
+        # the connection is served by a task of its own; the request and its handler end now
+        release: Callable[[], None] | None = request.pop(HOLD_CONNECTION, None)
+        task = asyncio.get_running_loop().create_task(self._connection(session, ws, release))
+        self._connections.add(task)
+        task.add_done_callback(self._connection_done)
+        ws.detach(request)
+        return ws
+
+    async def _connection(
+        self, session: WorkerSession, ws: InlineWebSocketResponse, release: Callable[[], None] | None
+    ) -> None:
         try:
             await self._serve(session, ws.frames)
         except ProtocolError as exc:
             log.warning("protocol violation, closing", extra={"worker_id": session.id, "error": str(exc)})
-            await ws.close(code=CLOSE_POLICY, message=str(exc)[:120].encode())
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close(code=CLOSE_POLICY, message=str(exc)[:120].encode())
         finally:
             self._sessions.discard(session)
             self._disconnected(session)
-            await session.stop_writer()
-            if not ws.closed:
-                with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
-                    await wait_for(ws.close(), 2.0)
-        return ws
+            try:
+                await session.stop_writer()
+                if not ws.closed:
+                    with contextlib.suppress(asyncio.TimeoutError, ConnectionError, RuntimeError):
+                        await wait_for(ws.close(), 2.0)
+            finally:
+                ws.close_transport()  # aiohttp closed it when the handler returned; now it is ours
+                if release is not None:
+                    release()
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("worker connection failed", exc_info=exc)
+
+    async def aclose(self) -> None:
+        """Stop serving what is still connected (after `close_all`): cancel and wait."""
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _disconnected(self, session: WorkerSession) -> None:
         if session.state is SessionState.CLOSED:

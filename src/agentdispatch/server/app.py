@@ -202,6 +202,7 @@ class DispatchServer:
             log.warning(
                 "shutdown: connections did not close in time; cutting them", extra={"seconds": budget}
             )
+        await self._agent.aclose()
         await self.rooms.aclose()
         await self.dispatcher.aclose()
         if self._guard is not None:

@@ -49,6 +49,12 @@ def raise_open_file_limit() -> int:
     return soft
 
 
+#: request key: a handler whose connection outlives it (a WebSocket served by its own task, see
+#: ws_frames.InlineWebSocketResponse.detach) pops the callable stored here and calls it when the
+#: connection ends; until then the guard counts the connection busy (no header timeout applies)
+HOLD_CONNECTION: web.RequestKey[Callable[[], None]] = web.RequestKey("hold_connection")
+
+
 @dataclass(slots=True)
 class _Conn:
     opened: float
@@ -104,17 +110,23 @@ class ConnectionGuard:
     ) -> web.StreamResponse:
         proto: Any = request.protocol
         conn = self._conns.get(proto)
-        if conn is not None:
-            conn.busy += 1
-            self._idle.pop(proto, None)
+        if conn is None:
+            return await handler(request)
+        conn.busy += 1
+        self._idle.pop(proto, None)
+
+        def release() -> None:
+            conn.busy -= 1
+            conn.idle_since = self._clock.monotonic()
+            if conn.busy == 0 and proto in self._conns:
+                self._idle[proto] = conn
+
+        request[HOLD_CONNECTION] = release
         try:
             return await handler(request)
         finally:
-            if conn is not None:
-                conn.busy -= 1
-                conn.idle_since = self._clock.monotonic()
-                if conn.busy == 0 and proto in self._conns:
-                    self._idle[proto] = conn
+            if request.pop(HOLD_CONNECTION, None) is release:  # not taken over by the handler
+                release()
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="connguard")

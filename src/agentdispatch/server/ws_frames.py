@@ -54,9 +54,54 @@ class InlineFrameQueue(WebSocketDataQueue):
 
 
 class InlineWebSocketResponse(web.WebSocketResponse):
-    """A WebSocketResponse whose reader feeds an InlineFrameQueue (`frames`)."""
+    """A WebSocketResponse whose reader feeds an InlineFrameQueue (`frames`), and that can outlive the
+    request handler that made it (`detach`)."""
 
     frames: InlineFrameQueue
+    _detached = False
+    _transport: Any = None
+
+    def detach(self, request: web.BaseRequest) -> None:
+        """Let the handler return while the connection goes on, served by a task of the caller's.
+
+        A handler that awaits its WebSocket to the end keeps, for the connection's lifetime, the
+        upgrade request (headers, the token, URL), aiohttp's request task and every middleware's
+        frame: ~6 KB per idle worker. Detached: returning does not close the WebSocket
+        (`write_eof`), aiohttp's connection loop ends without closing the transport (its
+        `_force_close`, as for an upgraded connection it will not read HTTP from again), the HTTP
+        parser is dropped, and this response forgets the request; the transport is closed through
+        our own reference (`_close_transport`). The protocol object stays: it forwards the socket's
+        end to the frame reader (connection_lost -> feed_eof), which ends the caller's receive loop.
+        """
+        if self._writer is None:
+            raise RuntimeError("detach() after prepare()")
+        protocol: Any = request.protocol
+        self._detached = True
+        protocol._force_close = True
+        protocol._parser = None
+        self._req = None
+
+    async def write_eof(self) -> None:  # type: ignore[override]
+        if self._detached:
+            return  # aiohttp's finish_response after the handler returned: the connection goes on
+        await super().write_eof()
+
+    def _close_transport(self) -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+        else:
+            super()._close_transport()
+
+    def close_transport(self) -> None:
+        """Close the TCP connection (no-op when it is closed already)."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "detached" if self._detached else "open"
+        return f"<InlineWebSocketResponse {state}>"
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         # the same steps as aiohttp's own _post_start, with our queue in place of its WebSocketDataQueue
@@ -74,7 +119,7 @@ class InlineWebSocketResponse(web.WebSocketResponse):
         callback = None if self._heartbeat is None else self._on_data_received
         request.protocol.set_parser(self._parser, data_received_cb=callback)
         request.protocol.keep_alive(False)
-        transport = request.transport
+        transport = self._transport = request.transport
         if callback is None and transport is not None:
             transport.set_protocol(DirectFrames(request.protocol, self._parser))  # type: ignore[arg-type]
 
