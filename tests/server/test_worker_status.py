@@ -141,3 +141,32 @@ async def test_draining_worker_gets_no_offers(harness: Any) -> None:
     assert session.draining and not harness.server.registry.is_eligible(session)
     assert await _dispatch_and_find_winner(harness, "drain-room", [draining, other]) is other
     assert draining.received.offers == []
+
+
+async def test_available_after_full_is_worth_the_slots_it_freed_not_the_queue(harness: Any) -> None:
+    """A worker that said FULL holding 2 jobs and reports AVAILABLE holding 1 gets one offer, however
+    many jobs wait; AVAILABLE while holding as many as when it was full lifts the cap (it grew)."""
+    w = await harness.worker(agent_name="cap2")
+    for i in range(2):
+        await harness.api.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="cap2", room=f"cap2-{i}")
+        )
+    first = await w.wait_assignments(2)
+    await w.report(0.0, status=agent.WorkerStatus.WS_FULL, job_count=2)
+    await w.sync()
+    for i in range(2, 7):  # five wait
+        await harness.api.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="cap2", room=f"cap2-{i}")
+        )
+    await w.sync()
+    assert len(w.received.offers) == 2
+    await w.finish(first[0].job.id)
+    await w.report(0.1, job_count=1)  # AVAILABLE, one slot free
+    await w.wait_assignments(3)
+    await w.sync()
+    await w.sync()
+    assert len(w.received.offers) == 3, "AVAILABLE after FULL brought more offers than slots freed"
+    session = harness.server.registry.get(w.id)
+    assert not harness.server.registry.is_eligible(session)  # holds 2 again: no more until news
+    await w.report(0.2, job_count=2)  # AVAILABLE holding as many as when it said FULL: it has more room
+    await w.wait_assignments(5)

@@ -47,6 +47,9 @@ class LoadState:
     jobs: Set[str] = NO_JOBS
     #: offers allowed before the next capacity signal; None = unlimited (governed by the projection)
     credit: int | None = None
+    #: jobs held (running + on offer) when the worker last reported FULL; 0 = no such report. Until it
+    #: reports AVAILABLE while holding as many, AVAILABLE is worth only the difference in offers
+    full_at: int = 0
     #: consecutive unanswered offers, and the monotonic time before which it gets no offer
     timeouts: int = 0
     backoff_until: float = 0.0

@@ -93,8 +93,17 @@ class WorkerRegistry:
             load.reported = sanitize_load(update.load)
         load.since_report = NO_JOBS
         load.last_status_at = self._clock.monotonic()
-        if session.status == WS_AVAILABLE and not session.draining:
-            load.credit = None  # the worker says it has room again: trust its report
+        held = len(load.jobs) + len(load.offers)
+        if session.status == WS_FULL and not session.draining and held:
+            load.full_at = held  # what it holds when full (an offer being accepted counts)
+        elif session.status == WS_AVAILABLE and not session.draining:
+            if load.full_at and update.job_count < load.full_at:
+                # room again, but it said FULL holding full_at jobs: offer the difference, not the queue
+                # (a job end reported before or after this report then frees one more)
+                load.credit = max(0, load.full_at - held)
+            else:
+                load.full_at = 0
+                load.credit = None  # room again, as much as its load says: trust its report
         self._rerank(session)
 
     def status_repeated(self, session: WorkerSession) -> bool:
