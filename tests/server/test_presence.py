@@ -265,3 +265,20 @@ async def test_the_join_log_counts_humans_not_agents(
     assert [(r.identity, r.humans) for r in joins] == [("bot", 0), ("ann", 1)]  # type: ignore[attr-defined]
     await user.aclose()
     await bot.aclose()
+
+
+async def test_an_oversized_message_gets_too_large_and_the_socket_stays(
+    harness: Any, make_token: MakeToken
+) -> None:
+    """1 MiB of data: not relayed, the sender is told `too_large`, and its next message still goes."""
+    alice = await harness.presence(join_token(make_token, "big", "alice"))
+    bob = await harness.presence(join_token(make_token, "big", "bob"))
+    await alice.wait_event("joined")
+    await bob.wait_event("joined")
+    await alice.send({"type": "data", "payload": "x" * (1024 * 1024)})
+    error = await alice.wait_event("error")
+    assert error["code"] == "too_large" and "dropped" in error["msg"]
+    await alice.send({"type": "data", "payload": "small"})
+    data = await bob.wait_event("data")
+    assert data["payload"] == "small"  # the 1 MiB message never reached bob; the small one did
+    assert len(bob.of_type("data")) == 1
