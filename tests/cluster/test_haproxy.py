@@ -5,7 +5,10 @@
 - SIGKILL of the node holding a real worker's socket while its job runs: the worker reconnects through
   haproxy to the survivor, `migrate_job` keeps the job (same job process, started once), ListDispatch
   through the survivor shows it running, then JS_SUCCESS;
-- a dispatch queued on a node that is SIGKILLed runs on the survivor once a worker comes.
+- a dispatch queued on a node that is SIGKILLed runs on the survivor once a worker comes;
+- a rolling restart of every node, one at a time (SIGTERM, start again on the same address), while
+  dispatches keep coming through haproxy: every dispatch ends JS_SUCCESS and the running call keeps its
+  job process.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class Deployment:
     nodes: list[ServerProcess]
     proxy: HaproxyProcess
     http: aiohttp.ClientSession
+    #: the `agentdispatch server` arguments every node runs with (a restarted node too)
+    args: tuple[str, ...]
 
     def api(self, url: str) -> api.LiveKitAPI:
         return api.LiveKitAPI(url, "devkey", "secret", session=self.http, failover=False)
@@ -94,13 +99,13 @@ async def deployment(redis_proc: RedisProcess, haproxy_bin: str) -> AsyncIterato
         }
         proxy = HaproxyProcess(HAPROXY_CFG.read_text(), port, haproxy_bin, env)
         proxy.start()
-        yield Deployment(redis_proc, nodes, proxy, http)
+        yield Deployment(redis_proc, nodes, proxy, http, args)
     finally:
         await http.close()
         if proxy is not None:
             proxy.close()
         for node in nodes:
-            node.stop()
+            node.stop()  # (restarted ones are in `nodes` too: the test replaces its entries)
 
 
 async def test_haproxy_config_ships_valid(haproxy_bin: str) -> None:
@@ -160,11 +165,7 @@ async def test_node_sigkill_with_a_job_running_the_worker_moves_to_the_survivor_
         "LIVEKIT_API_KEY": "devkey",
         "LIVEKIT_API_SECRET": "secret",
     }
-    ws_url = deployment.proxy.url.replace("http://", "ws://")
-    cmd = [*agentdispatch_command(), "worker", "start", str(HOLD_AGENT), "--url", ws_url, "--port", "0"]
-    worker = await asyncio.create_subprocess_exec(
-        *cmd, env=env, stdin=subprocess.DEVNULL, cwd=str(HOLD_AGENT.parent)
-    )
+    worker = await _hold_worker(deployment, env)
     try:
         lk = deployment.api(deployment.proxy.url)
         dispatch = await eventually(
@@ -201,12 +202,24 @@ async def test_node_sigkill_with_a_job_running_the_worker_moves_to_the_survivor_
         (listed,) = await lk2.agent_dispatch.list_dispatch("call")
         assert listed.id == dispatch.id
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(worker.wait(), 30)
-        except TimeoutError:
-            worker.kill()
-            await asyncio.wait_for(worker.wait(), 10)
+        await _stop_worker(worker)
+
+
+async def _hold_worker(deployment: Deployment, env: dict[str, str]) -> asyncio.subprocess.Process:
+    ws_url = deployment.proxy.url.replace("http://", "ws://")
+    cmd = [*agentdispatch_command(), "worker", "start", str(HOLD_AGENT), "--url", ws_url, "--port", "0"]
+    return await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdin=subprocess.DEVNULL, cwd=str(HOLD_AGENT.parent)
+    )
+
+
+async def _stop_worker(worker: asyncio.subprocess.Process) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(worker.wait(), 30)
+    except TimeoutError:
+        worker.kill()
+        await asyncio.wait_for(worker.wait(), 10)
 
 
 async def _started_files(d: Path) -> list[Path]:
@@ -245,3 +258,103 @@ async def test_a_dispatch_queued_on_a_node_that_is_sigkilled_runs_on_the_survivo
         assert [j.state.worker_id for j in listed.state.jobs] == [worker.id]
     finally:
         await worker.aclose()
+
+
+@pytest.mark.timeout(240)
+async def test_a_rolling_restart_of_every_node_under_load_loses_nothing_and_cuts_no_call(
+    deployment: Deployment, hold_dir: Path
+) -> None:
+    env = {
+        **os.environ,
+        "AD_HOLD_DIR": str(hold_dir),
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "secret",
+    }
+    worker = await _hold_worker(deployment, env)
+    lk = deployment.api(deployment.proxy.url)
+    stop = asyncio.Event()
+    rooms: list[str] = []  # rooms whose CreateDispatch was answered OK
+
+    async def load() -> None:  # ~10 dispatches/s through haproxy for the whole restart
+        i = 0
+        while not stop.is_set():
+            room = f"load-{i}"
+            try:
+                await lk.agent_dispatch.create_dispatch(
+                    api.CreateAgentDispatchRequest(agent_name="hold", room=room)
+                )
+                rooms.append(room)
+                i += 1
+            except (api.TwirpError, aiohttp.ClientError, OSError):
+                pass  # a node going away mid-call: sent again (to the same room) through haproxy
+            await asyncio.sleep(0.1)
+
+    call_job = ""
+
+    async def finish_load_jobs() -> None:  # every job but the call ends as soon as it has started
+        while True:
+            for f in await _started_files(hold_dir):
+                job_id = f.name.removeprefix("started-")
+                if job_id != call_job:
+                    (hold_dir / f"finish-{job_id}").touch()
+            await asyncio.sleep(0.05)
+
+    try:
+        await eventually(
+            lambda: lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="hold", room="call")
+            ),
+            what="CreateDispatch through haproxy",
+        )
+        (call,) = await eventually(lambda: _jobs(lk, "call"), what="the call's job")
+        call_job = call.id
+        started = await eventually(
+            lambda: _started_file(hold_dir, call_job), timeout=60, what="the call to start"
+        )
+        call_pid = int(started.read_text().split()[0])
+        finisher = asyncio.get_running_loop().create_task(finish_load_jobs())
+        loader = asyncio.get_running_loop().create_task(load())
+        await eventually(lambda: _at_least(rooms, 5), what="load flowing")
+        for i, node in enumerate(list(deployment.nodes)):  # one at a time, as a deploy does
+            before = len(rooms)
+            node.stop(timeout=20)  # SIGTERM: go_away to its workers, which reconnect to the other node
+            restarted = ServerProcess(ServerProcessSettings(port=node.port, extra_args=deployment.args))
+            await asyncio.to_thread(restarted.start)
+            deployment.nodes[i] = restarted
+            await eventually(
+                lambda b=before: _at_least(rooms, b + 10), what=f"load after restarting node {i}"
+            )
+        stop.set()
+        await loader
+        lk_any = deployment.api(deployment.nodes[0].url)
+        for room in rooms:
+            await eventually(
+                lambda r=room: _all_succeeded(lk_any, r), timeout=60, what=f"every job of {room} JS_SUCCESS"
+            )
+        # the call: the same job, still running in the same process, started once
+        (now,) = await _jobs(lk_any, "call")
+        assert now.id == call_job and now.state.status == JS_RUNNING, now
+        assert psutil.pid_exists(call_pid) and started.read_text().split() == [str(call_pid)]
+        (hold_dir / f"finish-{call_job}").touch()
+        await eventually(
+            lambda: _job_where(lk_any, "call", lambda j: j.state.status == JS_SUCCESS), what="call ends"
+        )
+        finisher.cancel()
+        print(
+            f"rolling restart of 2 nodes: {len(rooms)} dispatches during it, all JS_SUCCESS;"
+            f" the call kept pid {call_pid}"
+        )
+    finally:
+        stop.set()
+        await _stop_worker(worker)
+
+
+async def _started_file(d: Path, job_id: str) -> Path | None:
+    path = d / f"started-{job_id}"
+    return path if await asyncio.to_thread(path.exists) else None
+
+
+async def _all_succeeded(lk: api.LiveKitAPI, room: str) -> bool:
+    jobs = await _jobs(lk, room)
+    assert all(j.state.status != agent.JobStatus.JS_FAILED for j in jobs), (room, jobs)
+    return bool(jobs) and all(j.state.status == JS_SUCCESS for j in jobs)
