@@ -74,7 +74,7 @@ class InlineWebSocketResponse(web.WebSocketResponse):
         end to the frame reader (connection_lost -> feed_eof), which ends the caller's receive loop.
         """
         if self._writer is None:
-            raise RuntimeError("detach() after prepare()")
+            raise RuntimeError("detach() needs a prepared response")
         protocol: Any = request.protocol
         self._detached = True
         protocol._force_close = True
@@ -86,10 +86,9 @@ class InlineWebSocketResponse(web.WebSocketResponse):
             return  # aiohttp's finish_response after the handler returned: the connection goes on
         await super().write_eof()
 
-    def _close_transport(self) -> None:
-        transport = self._transport
-        if transport is not None:
-            transport.close()
+    def _close_transport(self) -> None:  # aiohttp's: through the request, which a detached one forgot
+        if self._transport is not None:
+            self.close_transport()
         else:
             super()._close_transport()
 
