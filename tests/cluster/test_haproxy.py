@@ -159,13 +159,7 @@ def hold_dir(tmp_path: Path) -> Iterator[Path]:
 async def test_node_sigkill_with_a_job_running_the_worker_moves_to_the_survivor_and_keeps_the_job(
     deployment: Deployment, hold_dir: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "AD_HOLD_DIR": str(hold_dir),
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "secret",
-    }
-    worker = await _hold_worker(deployment, env)
+    worker = await _hold_worker(deployment, hold_dir)
     try:
         lk = deployment.api(deployment.proxy.url)
         dispatch = await eventually(
@@ -205,7 +199,14 @@ async def test_node_sigkill_with_a_job_running_the_worker_moves_to_the_survivor_
         await _stop_worker(worker)
 
 
-async def _hold_worker(deployment: Deployment, env: dict[str, str]) -> asyncio.subprocess.Process:
+async def _hold_worker(deployment: Deployment, hold_dir: Path) -> asyncio.subprocess.Process:
+    """A real worker process running hold_agent.py through haproxy, recording its jobs in `hold_dir`."""
+    env = {
+        **os.environ,
+        "AD_HOLD_DIR": str(hold_dir),
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "secret",
+    }
     ws_url = deployment.proxy.url.replace("http://", "ws://")
     cmd = [*agentdispatch_command(), "worker", "start", str(HOLD_AGENT), "--url", ws_url, "--port", "0"]
     return await asyncio.create_subprocess_exec(
@@ -264,13 +265,7 @@ async def test_a_dispatch_queued_on_a_node_that_is_sigkilled_runs_on_the_survivo
 async def test_a_rolling_restart_of_every_node_under_load_loses_nothing_and_cuts_no_call(
     deployment: Deployment, hold_dir: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "AD_HOLD_DIR": str(hold_dir),
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "secret",
-    }
-    worker = await _hold_worker(deployment, env)
+    worker = await _hold_worker(deployment, hold_dir)
     lk = deployment.api(deployment.proxy.url)
     stop = asyncio.Event()
     rooms: list[str] = []  # rooms whose CreateDispatch was answered OK

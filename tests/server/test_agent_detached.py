@@ -95,4 +95,4 @@ async def test_shutdown_closes_detached_connections_with_going_away(harness: Any
     await harness.server.aclose()
     await harness.wait_for(lambda: w.closed.is_set(), what="the worker's connection to close")
     assert w.close_code == 1001
-    assert harness.server._agent._connections == set()
+    assert len(harness.server._agent._connections) == 0

@@ -26,7 +26,7 @@ from ..protocol import (
 )
 from ..protocol.codec import Encoding
 from ..protocol.ids import new_dispatch_id, new_job_id, new_room_sid
-from ..util import SYSTEM_CLOCK, Clock
+from ..util import SYSTEM_CLOCK, Clock, TaskSet
 from ..util.aio import wait_for
 from .config import ServerConfig
 from .connguard import HOLD_CONNECTION
@@ -118,7 +118,7 @@ class AgentEndpoint:
         self._deps = deps
         self._sessions: set[WorkerSession] = set()
         #: one task per connection, serving it after the upgrade request's handler returned
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections = TaskSet("agent-connection")
         self._closing = False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -140,9 +140,7 @@ class AgentEndpoint:
         self._sessions.add(session)
         # the connection is served by a task of its own; the request and its handler end now
         release: Callable[[], None] | None = request.pop(HOLD_CONNECTION, None)
-        task = asyncio.get_running_loop().create_task(self._connection(session, ws, release))
-        self._connections.add(task)
-        task.add_done_callback(self._connection_done)
+        self._connections.spawn(self._connection(session, ws, release), None)
         ws.detach(request)
         return ws
 
@@ -168,18 +166,9 @@ class AgentEndpoint:
                 if release is not None:
                     release()
 
-    def _connection_done(self, task: asyncio.Task[None]) -> None:
-        self._connections.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("worker connection failed", exc_info=exc)
-
     async def aclose(self) -> None:
         """Stop serving what is still connected (after `close_all`): cancel and wait."""
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._connections.aclose()
 
     def _disconnected(self, session: WorkerSession) -> None:
         if session.state is SessionState.CLOSED:

@@ -17,8 +17,11 @@ class TaskSet:
         self._owner = owner
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self._owner}:{name}")
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None) -> asyncio.Task[Any]:
+        """Run `coro`; `name` None leaves the task unnamed (asyncio's "Task-N", made only when asked):
+        one task per connection of a large fleet does not keep a name string each."""
+        task_name = None if name is None else f"{self._owner}:{name}"
+        task = asyncio.get_running_loop().create_task(coro, name=task_name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -29,7 +32,10 @@ class TaskSet:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("task %s failed", task.get_name(), exc_info=exc)
+            name = task.get_name()
+            if not name.startswith(self._owner):  # spawned unnamed: say whose it was
+                name = self._owner
+            log.error("task %s failed", name, exc_info=exc)
 
     def __len__(self) -> int:
         return len(self._tasks)
