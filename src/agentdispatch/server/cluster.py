@@ -187,10 +187,8 @@ class ClusterNode:
         """Store a new job, pick its worker cluster-wide and append the hand-off to that worker's node,
         in one round trip (PLACE_NEW). Returns (node id, worker id, "" when none is eligible). The node
         is this one when the best worker is here or no worker is eligible anywhere: the caller then
-        places the job itself, and the entry stays pending until the job is assigned or ended (as
-        `send_offer(local=True)`)."""
+        places the job itself, and the entry stays pending until the job is assigned or ended."""
         me = self.node_id
-        deadline_ms = 0 if deadline is None else int((time.time() + deadline) * 1000)
         # held as local until the reply says otherwise: the consumer may read the entry before that
         self._local_jobs.add(job.id)
         self._unacked[job.id] = (me, "")
@@ -198,7 +196,7 @@ class ClusterNode:
         dead = sorted(self._known_dead)
         args: list[str | bytes | int | float] = [self.streams.stream(""), me, self.options.per_job_load]
         args.append(self._rng.random())
-        args += [self.streams.maxlen, *job_args, deadline_ms, "0", len(dead), *dead]
+        args += [self.streams.maxlen, *job_args, _deadline_ms(deadline), "0", len(dead), *dead]
         zkey = f"{self._store.prefix}wkey:{key_name(job_key(job))}"
         try:
             reply: Any = await self._place_new(keys=[zkey, *keys], args=args)
@@ -226,25 +224,11 @@ class ClusterNode:
         return best
 
     async def send_offer(
-        self,
-        target: str,
-        job: agent.Job,
-        deadline: float | None,
-        resuming: bool,
-        worker_id: str = "",
-        local: bool = False,
+        self, target: str, job: agent.Job, deadline: float | None, resuming: bool, worker_id: str = ""
     ) -> str:
-        """Append the durable hand-off. `local`: the caller places the job here itself, now; this node's
-        consumer then only keeps the entry pending until the job is assigned or ended."""
-        deadline_ms = 0 if deadline is None else int((time.time() + deadline) * 1000)
-        handoff = Handoff("offer", job.id, worker_id, deadline_ms, resuming, self.node_id)
-        if local:  # held here from now on; the entry id is filled in by whichever learns it first
-            self._local_jobs.add(job.id)
-            self._unacked[job.id] = (self.node_id, "")
-        entry = await self.streams.send(target, handoff)
-        if local and self._unacked.get(job.id) == (self.node_id, ""):
-            self._unacked[job.id] = (self.node_id, entry)
-        return entry
+        """Append the durable hand-off of a stored job to `target`'s stream (a new job: `place_new`)."""
+        handoff = Handoff("offer", job.id, worker_id, _deadline_ms(deadline), resuming, self.node_id)
+        return await self.streams.send(target, handoff)
 
     async def relay_termination(self, job_id: str, worker_id: str) -> bool:
         """Tell the node holding `worker_id` to terminate the job there; False if no node holds it."""
@@ -300,7 +284,7 @@ class ClusterNode:
                 await asyncio.sleep(min(1.0, self.options.heartbeat_interval))
 
     def _placed_here(self, h: Handoff) -> bool:
-        """A hand-off this node sent itself while placing the job directly (send_offer(local=True))."""
+        """A hand-off this node sent itself while placing the job directly (`place_new`)."""
         if h.kind != "offer" or h.from_node != self.node_id or h.job_id not in self._local_jobs:
             return False
         self._local_jobs.discard(h.job_id)
@@ -330,7 +314,7 @@ class ClusterNode:
         if job is None or job.state.status in _ENDED or job.state.worker_id:
             await self.streams.ack(stream_node, [h.entry_id])  # settled elsewhere meanwhile
             return
-        deadline = None if not h.deadline_ms else max(0.001, h.deadline_ms / 1000 - time.time())
+        deadline = _seconds_left(h.deadline_ms)
         self._unacked[job.id] = (stream_node, h.entry_id)
         await self._host.take(job, deadline, h.resuming, h.worker_id)
 
@@ -400,8 +384,18 @@ class ClusterNode:
         job = await self._store.get_job(h.job_id)
         if job is None or job.state.status in _ENDED or job.state.worker_id:
             return
-        remaining = None if not h.deadline_ms else max(0.001, h.deadline_ms / 1000 - time.time())
+        remaining = _seconds_left(h.deadline_ms)
         await self.route(job, remaining, h.resuming)
+
+
+def _deadline_ms(deadline: float | None) -> int:
+    """A hand-off's deadline: wall-clock ms at which it passes, 0 = the receiving node's default."""
+    return 0 if deadline is None else int((time.time() + deadline) * 1000)
+
+
+def _seconds_left(deadline_ms: int) -> float | None:
+    """The wait a received hand-off has left (at least 1 ms: its deadline then fires at once)."""
+    return None if not deadline_ms else max(0.001, deadline_ms / 1000 - time.time())
 
 
 def _reraise_if_cancelled(exc: BaseException) -> None:
