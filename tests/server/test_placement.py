@@ -25,16 +25,47 @@ async def _prefer(first: Any, second: Any) -> None:
 
 
 async def test_burst_spreads_over_workers(harness: Any) -> None:
+    """Without any status report in between, a burst spreads evenly: each offer raises the chosen
+    worker's projection at once. The workers first take one job each, one after another (each one
+    answered, so none is on probation; see the next test), which makes the outcome independent of how
+    the burst's requests interleave with the workers' answers."""
     workers = [await harness.worker(agent_name="burst") for _ in range(10)]
+    for i in range(10):
+        await harness.api.agent_dispatch.create_dispatch(dispatch("burst", f"warm-{i}"))
+        await harness.wait_for(
+            lambda n=i + 1: sum(len(w.received.assignments) for w in workers) == n, what=f"{i + 1} assigned"
+        )
+    assert sorted(len(w.received.assignments) for w in workers) == [1] * 10  # each to an empty worker
     await asyncio.gather(
-        *(harness.api.agent_dispatch.create_dispatch(dispatch("burst", f"burst-{i}")) for i in range(50))
+        *(harness.api.agent_dispatch.create_dispatch(dispatch("burst", f"burst-{i}")) for i in range(40))
     )
     await harness.wait_for(
         lambda: sum(len(w.received.assignments) for w in workers) == 50, what="50 assignments"
     )
-    counts = sorted(len(w.received.assignments) for w in workers)
-    assert counts[-1] <= 6, counts  # fair share (5) + 1, although nobody reported load in between
+    assert sorted(len(w.received.assignments) for w in workers) == [5] * 10
     assert sum(len(w.received.offers) for w in workers) == 50  # every offer accepted, none wasted
+
+
+@pytest.mark.parametrize("server_config", [{"offer_timeout": 120.0, "dispatch_deadline": 120.0}])
+async def test_burst_with_fresh_workers_holds_two_offers_each_until_they_answer(harness: Any) -> None:
+    """A worker that has not answered an offer yet holds at most two unanswered offers; a burst meanwhile
+    goes to the worker that has answered, up to its projected capacity (1.0 at 0.1 per job). Nothing
+    is lost: the silent workers' offers stay pending until they answer or time out."""
+    proven = await harness.worker(agent_name="fresh")
+    await harness.api.agent_dispatch.create_dispatch(dispatch("fresh", "fresh-warm"))
+    await proven.wait_assignments(1)
+    silent = [await harness.worker(agent_name="fresh", policy="ignore") for _ in range(3)]
+    await asyncio.gather(
+        *(harness.api.agent_dispatch.create_dispatch(dispatch("fresh", f"fresh-{i}")) for i in range(15))
+    )
+    await harness.wait_for(lambda: len(proven.received.assignments) == 10, what="proven worker full")
+    for w in silent:
+        await w.sync()
+    assert [len(w.received.offers) for w in silent] == [2, 2, 2]  # held, not a burst each
+    assert len(proven.received.offers) == 10  # 1 + 9: its projection reached 1.0
+    jobs = [j for i in range(15) for j in await harness.list_jobs(f"fresh-{i}")]
+    assert sum(j.state.status == agent.JobStatus.JS_RUNNING for j in jobs) == 9
+    assert sum(j.state.status == agent.JobStatus.JS_PENDING for j in jobs) == 6  # waiting, not dropped
 
 
 async def test_queued_job_runs_when_a_worker_registers(harness: Any) -> None:
