@@ -214,12 +214,14 @@ class Dispatcher:
         pj.offer_timer = asyncio.get_running_loop().call_later(
             self._config.offer_timeout, self._on_offer_timer, job_id, worker.id
         )
-        self._emit(K.OFFERED, pj.job, worker.id)
         msg = agent.ServerMessage(availability=agent.AvailabilityRequest(job=pj.job, resuming=pj.resuming))
         if not worker.post(msg):
             self._clear_offer(pj)
             self._registry.offer_voided(worker, job_id)
             self._retry(pj)
+            return
+        # the frame first, the listeners after (nothing the worker sends is read before this returns)
+        self._emit(K.OFFERED, pj.job, worker.id)
 
     def _clear_offer(self, pj: PendingJob) -> None:
         if pj.offer_timer is not None:
@@ -291,12 +293,12 @@ class Dispatcher:
             worker.post(agent.ServerMessage(termination=agent.JobTermination(job_id=job.id)))
             return
         self._owners[job.id] = Owner(worker.api_key, reg.worker_keys()[0])
-        self._emit(K.ASSIGNED, job, worker.id)
         msg = agent.ServerMessage(
             assignment=agent.JobAssignment(job=job, url=self._config.public_url, token=token)
         )
         if not worker.post(msg):
             log.warning("assignment not delivered; the worker is gone", extra=self._ids(job.id, worker))
+        self._emit(K.ASSIGNED, job, worker.id)  # after the frame, as for offers
 
     async def on_job_update(self, worker: WorkerSession, update: agent.UpdateJobStatus) -> None:
         job = await self._store.get_job(update.job_id)

@@ -199,7 +199,10 @@ class SimWorker:
         self._events.put_nowait(msg)
         if which == "availability":
             self.received.offers.append(msg.availability)
-            self._start(self._answer_offer(msg.availability.job.id))
+            if self.opts.answer_delay:
+                self._start(self._answer_offer(msg.availability.job.id))
+            else:  # answered from the reader: no task and loop turn per offer
+                await self._answer_offer(msg.availability.job.id)
         elif which == "assignment":
             job_id = msg.assignment.job.id
             self.received.assignments.append(msg.assignment)
