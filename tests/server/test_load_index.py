@@ -87,6 +87,17 @@ def test_ties_are_broken_randomly() -> None:
     assert winners == {"a", "b"}
 
 
+def test_equal_projections_prefer_fewer_jobs_held() -> None:
+    for seed in range(50):
+        index = LoadIndex(random.Random(seed))
+        index.update("busy", 0.3, True, held=6)
+        index.update("empty", 0.3, True, held=0)
+        assert index.best() == "empty"
+        assert index.best(exclude={"empty"}) == "busy"
+    index.update("busy", 0.2, True, held=6)  # a lower projection still wins over fewer jobs
+    assert index.best() == "busy"
+
+
 def test_projected_load() -> None:
     state = LoadState(reported=0.25, since_report={"j1", "j2"}, offers={"j3"}, answered_any=True)
     assert abs(state.projected(0.1) - 0.55) < 1e-9
@@ -103,7 +114,7 @@ WORKERS = [f"w{i}" for i in range(6)]
 LOADS = st.sampled_from([0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.3])
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("update"), st.sampled_from(WORKERS), LOADS, st.booleans()),
+        st.tuples(st.just("update"), st.sampled_from(WORKERS), LOADS, st.booleans(), st.integers(0, 3)),
         st.tuples(st.just("remove"), st.sampled_from(WORKERS)),
         st.tuples(st.just("best"), st.frozensets(st.sampled_from(WORKERS), max_size=4)),
     ),
@@ -115,18 +126,18 @@ OPS = st.lists(
 @given(OPS, st.integers(0, 2**16))
 def test_best_matches_brute_force(ops: list[tuple[object, ...]], seed: int) -> None:
     index = LoadIndex(random.Random(seed))
-    model: dict[str, tuple[float, bool]] = {}
+    model: dict[str, tuple[float, bool, int]] = {}
     for op in ops:
         if op[0] == "update":
-            _, wid, load, eligible = op
-            index.update(wid, load, eligible)  # type: ignore[arg-type]
-            model[wid] = (load, eligible)  # type: ignore[index,assignment]
+            _, wid, load, eligible, held = op
+            index.update(wid, load, eligible, held)  # type: ignore[arg-type]
+            model[wid] = (load, eligible, held)  # type: ignore[index,assignment]
         elif op[0] == "remove":
             index.remove(op[1])  # type: ignore[arg-type]
             model.pop(op[1], None)  # type: ignore[arg-type]
         else:
             exclude = op[1]
-            candidates = {w: load for w, (load, ok) in model.items() if ok and w not in exclude}  # type: ignore[operator]
+            candidates = {w: (load, held) for w, (load, ok, held) in model.items() if ok and w not in exclude}  # type: ignore[operator]
             picked = index.best(exclude)  # type: ignore[arg-type]
             if not candidates:
                 assert picked is None

@@ -68,6 +68,27 @@ async def test_burst_with_fresh_workers_holds_two_offers_each_until_they_answer(
     assert sum(j.state.status == agent.JobStatus.JS_PENDING for j in jobs) == 6  # waiting, not dropped
 
 
+async def test_equal_reports_prefer_the_worker_holding_fewer_jobs(harness: Any) -> None:
+    """Workers whose reports do not move with their jobs (a constant or capacity-only load_fnc) look alike
+    after every report: the next job goes to the one running fewer, not to a coin toss."""
+    busy = await harness.worker(agent_name="tie")
+    light = await harness.worker(agent_name="tie")
+    await _prefer(busy, light)
+    for i in range(3):
+        await harness.api.agent_dispatch.create_dispatch(dispatch("tie", f"tie-busy-{i}"))
+        await busy.wait_assignments(i + 1)
+    assert len(light.received.offers) == 0
+    for i in range(3):  # light holds i jobs, busy 3: both report 0.0, the next job is light's
+        await busy.report(0.0, job_count=3)
+        await light.report(0.0, job_count=i)
+        await busy.sync()
+        await light.sync()
+        await harness.api.agent_dispatch.create_dispatch(dispatch("tie", f"tie-light-{i}"))
+        await light.wait_assignments(i + 1)
+    assert len(busy.received.offers) == 3
+    assert len(light.received.offers) == 3
+
+
 async def test_queued_job_runs_when_a_worker_registers(harness: Any) -> None:
     created = await harness.api.agent_dispatch.create_dispatch(dispatch("late", "queue-room"))
     [job] = await harness.list_jobs("queue-room")

@@ -2,11 +2,14 @@
 
 A worker's *projected* load is its last reported load plus, for every job offered or assigned
 to it since that report, a per-job estimate. The best candidate has the lowest projection;
-ties are broken randomly. The index keeps a heap with lazy deletion, so picking among
-thousands of workers costs O(log n) instead of a scan.
+among equal projections, the one holding fewer jobs (running + on offer); then at random. The
+index keeps a heap with lazy deletion, so picking among thousands of workers costs O(log n)
+instead of a scan.
 
-A heap entry is `(projected, stamp, worker_id)`, one per worker and key while nothing changes (issue
-12, P4: memory per idle worker). The stamp is one int: random high bits (the tie-break) over a
+A heap entry is `(projected, held, stamp, worker_id)`, one per worker and key while nothing changes
+(issue 12, P4: memory per idle worker). `held` matters when workers report the same load whatever they
+run (a constant or capacity-only `load_fnc`): without it, a report would make a worker running six jobs
+and an empty one a coin toss. The stamp is one int: random high bits (the tie-break) over a
 counter (unique, so no two entries compare equal); the worker's current stamp, negated while it is
 not eligible, is what marks older entries stale.
 """
@@ -21,7 +24,7 @@ from collections.abc import Callable, Collection
 COUNTER_BITS = 40
 TIE_BREAK_BITS = 20
 
-Entry = tuple[float, int, str]
+Entry = tuple[float, int, int, str]
 
 
 class LoadIndex:
@@ -39,13 +42,14 @@ class LoadIndex:
     def __contains__(self, worker_id: object) -> bool:
         return worker_id in self._version
 
-    def update(self, worker_id: str, projected: float, eligible: bool) -> None:
-        """Record a worker's new projection; an ineligible worker is kept but never picked."""
+    def update(self, worker_id: str, projected: float, eligible: bool, held: int = 0) -> None:
+        """Record a worker's new projection and the jobs it holds; an ineligible worker is kept but
+        never picked."""
         self._counter += 1
         stamp = self._rng.getrandbits(TIE_BREAK_BITS) << COUNTER_BITS | self._counter
         self._version[worker_id] = stamp if eligible else -stamp
         if eligible:
-            heapq.heappush(self._heap, (projected, stamp, worker_id))
+            heapq.heappush(self._heap, (projected, held, stamp, worker_id))
         self._compact_if_needed()
 
     def remove(self, worker_id: str) -> None:
@@ -58,8 +62,8 @@ class LoadIndex:
         found: str | None = None
         while heap:
             entry = heap[0]
-            worker_id = entry[2]
-            if self._version.get(worker_id) != entry[1]:
+            worker_id = entry[3]
+            if self._version.get(worker_id) != entry[2]:
                 heapq.heappop(heap)  # stale entry
                 continue
             if worker_id in exclude or (accept is not None and not accept(worker_id)):
@@ -73,5 +77,5 @@ class LoadIndex:
 
     def _compact_if_needed(self) -> None:
         if len(self._heap) > 64 and len(self._heap) > 4 * max(1, len(self._version)):
-            self._heap = [e for e in self._heap if self._version.get(e[2]) == e[1]]
+            self._heap = [e for e in self._heap if self._version.get(e[3]) == e[2]]
             heapq.heapify(self._heap)

@@ -60,6 +60,8 @@ class LoadState:
     #: projected load and eligibility at the registry's last re-rank (None: not ranked since it joined)
     ranked_load: float | None = None
     ranked_eligible: bool = False
+    #: jobs held (running + on offer) at that re-rank: the index's tie-break among equal projections
+    ranked_held: int = 0
 
     def projected(self, per_job_load: float) -> float:
         open_offers = len(self.offers)

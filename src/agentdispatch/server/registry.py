@@ -265,8 +265,9 @@ class WorkerRegistry:
         if math.isnan(projected):  # cannot happen after sanitising; never let it into the heap
             projected, eligible = FULL_PROJECTION, False
         load = session.load
-        if load.ranked_load == projected and load.ranked_eligible == eligible:
+        held = len(load.jobs) + len(load.offers)
+        if load.ranked_load == projected and load.ranked_eligible == eligible and load.ranked_held == held:
             return  # e.g. the periodic status report of an idle worker: its heap entry is still right
-        load.ranked_load, load.ranked_eligible = projected, eligible
+        load.ranked_load, load.ranked_eligible, load.ranked_held = projected, eligible, held
         for key in session.registration.index_keys():
-            self._index[key].update(session.id, projected, eligible)
+            self._index[key].update(session.id, projected, eligible, held)
