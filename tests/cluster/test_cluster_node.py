@@ -159,6 +159,23 @@ async def test_placement_picks_the_least_loaded_eligible_worker_cluster_wide(clu
     await wait_until(lambda: _best_is(a, key, "AW_b1"), what="AW_a1 gone from the directory")
 
 
+async def test_equal_projections_place_on_the_worker_holding_fewer_jobs(cluster: Cluster) -> None:
+    """As on one node: the directory orders equal projections by the jobs held (ND_a's member sorts
+    first in Redis, so without the tie-break the busy worker would win every time)."""
+    a, _, _ = await cluster.node("ND_a")
+    b, _, _ = await cluster.node("ND_b")
+    a.on_event(WorkerEvent(WorkerEventKind.REGISTERED, summary("AW_a1", "ND_a", 0.3, active_jobs=4)))
+    b.on_event(WorkerEvent(WorkerEventKind.REGISTERED, summary("AW_b1", "ND_b", 0.3, pending_offers=1)))
+    key = ("agent", "", 0, "*")
+    await wait_until(lambda: a.directory.get("AW_b1"), what="summaries published")
+    await wait_until(lambda: a.directory.get("AW_a1"), what="summaries published")
+    best = await a.directory.best(key)
+    assert best is not None and best.worker_id == "AW_b1"
+    chosen = await a.directory.pick(key, 0.1)
+    assert chosen is not None and chosen.worker_id == "AW_b1"
+    assert await _best_is(a, key, "AW_a1")  # AW_b1 is at 0.4 now: the lower projection wins again
+
+
 async def _best_is(node: ClusterNode, key: Any, worker_id: str) -> bool:
     best = await node.directory.best(key)
     return best is not None and best.worker_id == worker_id

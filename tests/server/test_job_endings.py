@@ -176,9 +176,12 @@ async def test_delete_room_terminates_jobs_and_removes_the_room(harness: Any) ->
 
 async def test_empty_timeout_closes_an_unjoined_room(harness: Any) -> None:
     w = await harness.worker()
-    await harness.api.room.create_room(api.CreateRoomRequest(name="nobody-came", empty_timeout=1))
+    # 3 s: the job is assigned before the room closes even on a loaded machine
+    await harness.api.room.create_room(api.CreateRoomRequest(name="nobody-came", empty_timeout=3))
     [assignment] = await w.wait_assignments(1)
-    await w.wait_termination(assignment.job.id)
+    await harness.wait_for(
+        lambda: assignment.job.id in w.received.terminations, timeout=20, what="room closed"
+    )
     ended = await harness.wait_job_status(assignment.job.id, agent.JobStatus.JS_CANCELLED)
     assert ended.state.reason == agent.JobStateReason.JSR_ROOM_CLOSED
     assert (await harness.api.room.list_rooms(api.ListRoomsRequest())).rooms == []

@@ -190,7 +190,8 @@ async def test_a_new_participant_before_departure_timeout_keeps_the_room(
     harness: Any, make_token: MakeToken
 ) -> None:
     w = await harness.worker()
-    config = api.RoomConfiguration(departure_timeout=1)
+    # bob must join within the timeout: 5 s, so a loaded machine does not close the room first
+    config = api.RoomConfiguration(departure_timeout=5)
     alice = await harness.presence(join_token(make_token, "kept", "alice", room_config=config))
     [assignment] = await w.wait_assignments(1)
     observer = await harness.presence(assignment.token)  # the agent: sees events, does not keep the room
@@ -205,7 +206,7 @@ async def test_a_new_participant_before_departure_timeout_keeps_the_room(
     await w.wait_assignments(2)
     probe_job = w.received.assignments[1].job.id
     await carol.aclose()
-    await w.wait_termination(probe_job)
+    await harness.wait_for(lambda: probe_job in w.received.terminations, timeout=20, what="probe room closed")
 
     rooms = await harness.api.room.list_rooms(api.ListRoomsRequest())
     assert [r.name for r in rooms.rooms] == ["kept"]

@@ -61,7 +61,9 @@ class ClusteredDispatcher(Dispatcher):
         events.subscribe(self.cluster.on_event)
         events.subscribe(self._republish)
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
-        self._published: dict[str, tuple[float, bool]] = {}  # worker id -> (projection, eligible) sent
+        self._published: dict[
+            str, tuple[float, bool, int]
+        ] = {}  # worker id -> (projection, eligible, held) sent
         self._held: list[tuple[Callable[[], Awaitable[None]], str, str]] = []
         self._suspects: set[str] = set()  # held hand-offs not waiting here at the last check
 
@@ -187,9 +189,15 @@ class ClusteredDispatcher(Dispatcher):
         summary = self._registry.summary(worker)
         eligible = self._registry.is_eligible(worker)
         last = self._published.get(worker.id)
-        if last is not None and last[1] == eligible and abs(last[0] - summary.projected_load) < 0.05:
+        held = summary.active_jobs + summary.pending_offers  # the tie-break among equal projections
+        if (
+            last is not None
+            and last[1] == eligible
+            and last[2] == held
+            and abs(last[0] - summary.projected_load) < 0.05
+        ):
             return  # nothing placement would decide differently on
-        self._published[worker.id] = (summary.projected_load, eligible)
+        self._published[worker.id] = (summary.projected_load, eligible, held)
         self.cluster.on_event(WorkerEvent(WorkerEventKind.STATUS, summary))
 
     async def _rebalance_loop(self) -> None:

@@ -8,6 +8,7 @@ Keys (prefix ``ad:<cluster>:``, shared with RedisStore)::
     wsum               hash    worker id -> WorkerSummary JSON (cluster-wide view)
     wsum:n:<node>      set     worker ids that connected to that node (kept until it is taken over)
     wkey:<key>         zset    eligible workers of one worker key ("<node>|<worker>"), score = projected load
+                               (+ 1e-6 per job held: equal projections, fewer jobs first)
     hand:<node>        stream  hand-offs to that node (consumer group "nodes"); an entry stays
                                pending until the job it carries is assigned or ended
 
@@ -43,6 +44,16 @@ def worker_keys(s: WorkerSummary) -> tuple[WorkerKey, WorkerKey]:
         (s.agent_name, s.namespace, s.job_type, s.deployment),
         (s.agent_name, s.namespace, s.job_type, "*"),
     )
+
+
+#: score added per job a worker holds: below the projection's rounding (1e-4), so it only orders equal
+#: projections (the fewer jobs held first, as the node's own LoadIndex does)
+HELD_TIE_BREAK = 1e-6
+
+
+def placement_score(s: WorkerSummary) -> float:
+    """The worker's score in the directory: its projected load, ties ordered by the jobs it holds."""
+    return s.projected_load + min(s.active_jobs + s.pending_offers, 99) * HELD_TIE_BREAK
 
 
 def eligible(s: WorkerSummary) -> bool:
@@ -189,7 +200,7 @@ class WorkerDirectory:
             for key in worker_keys(s):
                 zkey = f"{self._p}wkey:{key_name(key)}"
                 if eligible(s):
-                    pipe.zadd(zkey, {_member(s): s.projected_load})
+                    pipe.zadd(zkey, {_member(s): placement_score(s)})
                 else:
                     pipe.zrem(zkey, _member(s))
         await pipe.execute()
