@@ -162,8 +162,10 @@ class ProbeWorker(SimWorker):
     def assigned_ids(self) -> list[str]:
         return [a.job.id for a in self.received.assignments]
 
-    async def wait_offers(self, n: int = 1) -> list[agent.AvailabilityRequest]:
-        await self.bus.wait_for(lambda: len(self.received.offers) >= n, what=f"{n} offers to {self.id}")
+    async def wait_offers(self, n: int = 1, timeout: float = WAIT_TIMEOUT) -> list[agent.AvailabilityRequest]:
+        await self.bus.wait_for(
+            lambda: len(self.received.offers) >= n, timeout, what=f"{n} offers to {self.id}"
+        )
         return list(self.received.offers)
 
     async def wait_assignments(self, n: int = 1) -> list[agent.JobAssignment]:
