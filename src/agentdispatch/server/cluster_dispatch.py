@@ -61,9 +61,8 @@ class ClusteredDispatcher(Dispatcher):
         events.subscribe(self.cluster.on_event)
         events.subscribe(self._republish)
         self._cluster_tasks = TaskSet(f"cluster-dispatch:{node_id}")
-        self._published: dict[
-            str, tuple[float, bool, int]
-        ] = {}  # worker id -> (projection, eligible, held) sent
+        #: worker id -> (projection, eligible, jobs held) last sent to the directory
+        self._published: dict[str, tuple[float, bool, int]] = {}
         self._held: list[tuple[Callable[[], Awaitable[None]], str, str]] = []
         self._suspects: set[str] = set()  # held hand-offs not waiting here at the last check
 
