@@ -188,7 +188,7 @@ class ClusteredDispatcher(Dispatcher):
         summary = self._registry.summary(worker)
         eligible = self._registry.is_eligible(worker)
         last = self._published.get(worker.id)
-        held = summary.active_jobs + summary.pending_offers  # the tie-break among equal projections
+        held = summary.held  # the tie-break among equal projections
         if (
             last is not None
             and last[1] == eligible

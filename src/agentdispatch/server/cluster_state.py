@@ -53,7 +53,7 @@ HELD_TIE_BREAK = 1e-6
 
 def placement_score(s: WorkerSummary) -> float:
     """The worker's score in the directory: its projected load, ties ordered by the jobs it holds."""
-    return s.projected_load + min(s.active_jobs + s.pending_offers, 99) * HELD_TIE_BREAK
+    return s.projected_load + min(s.held, 99) * HELD_TIE_BREAK
 
 
 def eligible(s: WorkerSummary) -> bool:

@@ -84,6 +84,11 @@ class WorkerSummary:
     node_id: str
     connected_at_ns: int
 
+    @property
+    def held(self) -> int:
+        """Jobs the worker holds: running plus on offer."""
+        return self.active_jobs + self.pending_offers
+
 
 @dataclass(frozen=True)
 class WorkerEvent:

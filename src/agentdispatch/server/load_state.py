@@ -63,6 +63,11 @@ class LoadState:
     #: jobs held (running + on offer) at that re-rank: the index's tie-break among equal projections
     ranked_held: int = 0
 
+    @property
+    def held(self) -> int:
+        """Jobs this worker holds: running plus on offer."""
+        return len(self.jobs) + len(self.offers)
+
     def projected(self, per_job_load: float) -> float:
         open_offers = len(self.offers)
         probation = 0.0 if self.answered_any else open_offers * PROBATION_WEIGHT

@@ -93,7 +93,7 @@ class WorkerRegistry:
             load.reported = sanitize_load(update.load)
         load.since_report = NO_JOBS
         load.last_status_at = self._clock.monotonic()
-        held = len(load.jobs) + len(load.offers)
+        held = load.held
         if session.status == WS_FULL and not session.draining and held:
             load.full_at = held  # what it holds when full (an offer being accepted counts)
         elif session.status == WS_AVAILABLE and not session.draining:
@@ -265,7 +265,7 @@ class WorkerRegistry:
         if math.isnan(projected):  # cannot happen after sanitising; never let it into the heap
             projected, eligible = FULL_PROJECTION, False
         load = session.load
-        held = len(load.jobs) + len(load.offers)
+        held = load.held
         if load.ranked_load == projected and load.ranked_eligible == eligible and load.ranked_held == held:
             return  # e.g. the periodic status report of an idle worker: its heap entry is still right
         load.ranked_load, load.ranked_eligible, load.ranked_held = projected, eligible, held
