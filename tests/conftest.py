@@ -174,8 +174,10 @@ class ProbeWorker(SimWorker):
         )
         return list(self.received.assignments)
 
-    async def wait_termination(self, job_id: str) -> None:
-        await self.bus.wait_for(lambda: job_id in self.received.terminations, what=f"termination of {job_id}")
+    async def wait_termination(self, job_id: str, timeout: float = WAIT_TIMEOUT) -> None:
+        await self.bus.wait_for(
+            lambda: job_id in self.received.terminations, timeout, what=f"termination of {job_id}"
+        )
 
 
 class PresenceClient:

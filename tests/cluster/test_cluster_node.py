@@ -82,7 +82,11 @@ class Cluster:
         host = RecordingHost()
         options = ClusterOptions(
             # a 2 s lease: a node is seen dead only after a 2 s stall, not a busy moment of the machine
-            node_id=node_id, lease_ttl=2.0, heartbeat_interval=0.1, read_block=0.2, **opts
+            node_id=node_id,
+            lease_ttl=2.0,
+            heartbeat_interval=0.1,
+            read_block=0.2,
+            **opts,
         )
         node = ClusterNode(store, options, host)
         await node.start()

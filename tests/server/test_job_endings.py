@@ -179,9 +179,7 @@ async def test_empty_timeout_closes_an_unjoined_room(harness: Any) -> None:
     # 3 s: the job is assigned before the room closes even on a loaded machine
     await harness.api.room.create_room(api.CreateRoomRequest(name="nobody-came", empty_timeout=3))
     [assignment] = await w.wait_assignments(1)
-    await harness.wait_for(
-        lambda: assignment.job.id in w.received.terminations, timeout=20, what="room closed"
-    )
+    await w.wait_termination(assignment.job.id, timeout=20)
     ended = await harness.wait_job_status(assignment.job.id, agent.JobStatus.JS_CANCELLED)
     assert ended.state.reason == agent.JobStateReason.JSR_ROOM_CLOSED
     assert (await harness.api.room.list_rooms(api.ListRoomsRequest())).rooms == []

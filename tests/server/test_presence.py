@@ -206,7 +206,7 @@ async def test_a_new_participant_before_departure_timeout_keeps_the_room(
     await w.wait_assignments(2)
     probe_job = w.received.assignments[1].job.id
     await carol.aclose()
-    await harness.wait_for(lambda: probe_job in w.received.terminations, timeout=20, what="probe room closed")
+    await w.wait_termination(probe_job, timeout=20)
 
     rooms = await harness.api.room.list_rooms(api.ListRoomsRequest())
     assert [r.name for r in rooms.rooms] == ["kept"]
